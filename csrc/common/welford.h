@@ -1,0 +1,83 @@
+// The statistics core shared by every normext kernel, CPU and CUDA.
+//
+// Plain C++ with no torch headers, so nvcc compiles it for the device and CPU tests cover the same
+// math the GPU runs. Every norm computes its statistics as a sequence of (count, mean, M2) partials
+// merged with Chan's formula, then folds them into per-element coefficients here.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define NORMEXT_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define NORMEXT_HOST_DEVICE inline
+#endif
+
+namespace normext {
+
+// Count, mean and sum of squared deviations (M2) of a set of values.
+template <typename acc_t>
+struct WelfordStat {
+  acc_t mean;
+  acc_t m2;
+  int64_t count;
+};
+
+// Chan et al.'s parallel merge: exact for any split of the data, stable for large means because it
+// only ever combines centered quantities. NB: not associative bitwise, so callers merge partials in
+// a fixed order (the order of their chunks) to stay deterministic for any thread count.
+template <typename acc_t>
+NORMEXT_HOST_DEVICE WelfordStat<acc_t> welford_merge(WelfordStat<acc_t> a, WelfordStat<acc_t> b) {
+  if (b.count == 0) {
+    return a;
+  }
+  if (a.count == 0) {
+    return b;
+  }
+  const int64_t count = a.count + b.count;
+  const acc_t delta = b.mean - a.mean;
+  const acc_t b_fraction = static_cast<acc_t>(b.count) / static_cast<acc_t>(count);
+  return {a.mean + delta * b_fraction,
+          a.m2 + b.m2 + delta * delta * static_cast<acc_t>(a.count) * b_fraction, count};
+}
+
+// 1 / sqrt(biased variance + eps). The variance is clamped at 0 against rounding, eps is always
+// added (never replaced), and a NaN variance stays NaN.
+template <typename acc_t>
+NORMEXT_HOST_DEVICE acc_t welford_rstd(WelfordStat<acc_t> s, acc_t eps) {
+  acc_t var = s.count > 0 ? s.m2 / static_cast<acc_t>(s.count) : acc_t(0);
+  var = var < acc_t(0) ? acc_t(0) : var;
+  return acc_t(1) / std::sqrt(var + eps);
+}
+
+// True when fp32/fp64 accumulation overflowed (or the data holds inf/nan): the caller then
+// recomputes the group in double so a huge finite input never turns into a silently wrong number.
+template <typename acc_t>
+NORMEXT_HOST_DEVICE bool welford_overflowed(WelfordStat<acc_t> s) {
+  return !(std::isfinite(s.mean) && std::isfinite(s.m2));
+}
+
+// Backward of y = (x - mean) * rstd * gamma + beta over one group of `count` elements:
+//   dx = rstd * gamma[c] * dy + xhat_coeff * xhat + bias,  xhat = (x - mean) * rstd,
+// from the per-group sums  sum_gamma_ds = sum_c gamma[c] * sum_hw dy * (x - mean)  and
+// sum_gamma_db = sum_c gamma[c] * sum_hw dy. NB: written in terms of xhat, not x, so no rstd^3
+// term can underflow and no x * c2 + c3 term cancels when the mean is large.
+template <typename acc_t>
+struct GroupBackwardCoeffs {
+  acc_t xhat_coeff;
+  acc_t bias;
+};
+
+template <typename acc_t>
+NORMEXT_HOST_DEVICE GroupBackwardCoeffs<acc_t> group_backward_coeffs(acc_t sum_gamma_ds,
+                                                                     acc_t sum_gamma_db, acc_t rstd,
+                                                                     int64_t count) {
+  const acc_t inv_count = acc_t(1) / static_cast<acc_t>(count);
+  // mean(gamma * dy * xhat) and mean(gamma * dy) over the group
+  const acc_t mean_dy_xhat = sum_gamma_ds * rstd * inv_count;
+  const acc_t mean_dy = sum_gamma_db * inv_count;
+  return {-rstd * mean_dy_xhat, -rstd * mean_dy};
+}
+
+} // namespace normext

@@ -1,0 +1,454 @@
+// GroupNorm CPU kernels: how the work is cut into tasks and statistics merged. The vectorized
+// loops themselves live in vec_kernels_impl.h.
+//
+// Statistics of a group are, by definition, the in-order Chan merge of fixed-size chunk statistics
+// (kChunkElems contiguous elements NCHW, kChunkRows positions channels-last). Tasks only decide who
+// computes a chunk, never how, so every result is bitwise identical for any thread count.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "common/welford.h"
+#include "ops/cpu/vec_kernels.h"
+#include "ops/group_norm.h"
+
+namespace normext {
+namespace {
+
+using cpu::VecKernels;
+
+// NB: 4096 fp32 values = 16 KB, so a chunk's two statistics passes run from L1.
+constexpr int64_t kChunkElems = 4096;
+// Channels-last chunks take at least this many positions, so that the per-chunk partial buffers
+// of the backward stay a few percent of the input even for C = 1280.
+constexpr int64_t kMinChunkRows = 64;
+
+template <typename scalar_t>
+struct Storage {
+  using type = scalar_t;
+};
+template <>
+struct Storage<c10::BFloat16> {
+  using type = cpu::bf16_t;
+};
+template <>
+struct Storage<c10::Half> {
+  using type = cpu::fp16_t;
+};
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+int64_t channels_last_chunk_rows(int64_t C) {
+  return std::max(kMinChunkRows, ceil_div(kChunkElems, C));
+}
+
+// One task per group keeps a group in cache between its statistics and its apply pass; it needs
+// enough groups to keep every thread busy with little imbalance.
+bool one_task_per_group(int64_t groups) {
+  const int64_t threads = at::get_num_threads();
+  return groups % threads == 0 || groups >= 8 * threads;
+}
+
+// Exact statistics in double of `rows` runs of `width` values `row_stride` apart. Used only when
+// the fp32 accumulation overflowed (|x| ~ 1e20 and above), so a huge finite input still gets the
+// right answer instead of a silently wrong one.
+template <typename scalar_t>
+WelfordStat<double> exact_stats(const scalar_t* x, int64_t rows, int64_t row_stride,
+                                int64_t width) {
+  double sum = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t w = 0; w < width; ++w) {
+      sum += static_cast<double>(x[r * row_stride + w]);
+    }
+  }
+  const int64_t count = rows * width;
+  const double mean = sum / static_cast<double>(count);
+  double m2 = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t w = 0; w < width; ++w) {
+      const double d = static_cast<double>(x[r * row_stride + w]) - mean;
+      m2 += d * d;
+    }
+  }
+  return {mean, m2, count};
+}
+
+template <typename scalar_t, typename acc_t>
+void finalize_group(WelfordStat<acc_t> stat, double eps, const scalar_t* group, int64_t rows,
+                    int64_t row_stride, int64_t width, acc_t* mean, acc_t* rstd) {
+  if (welford_overflowed(stat)) {
+    const WelfordStat<double> exact = exact_stats(group, rows, row_stride, width);
+    *mean = static_cast<acc_t>(exact.mean);
+    *rstd = static_cast<acc_t>(welford_rstd(exact, eps));
+    return;
+  }
+  *mean = stat.mean;
+  *rstd = welford_rstd(stat, static_cast<acc_t>(eps));
+}
+
+template <typename scalar_t, typename acc_t>
+struct Params {
+  const acc_t* gamma;  // nullptr means 1
+  const acc_t* beta;   // nullptr means 0
+  acc_t weight(int64_t c) const { return gamma ? gamma[c] : acc_t(1); }
+  acc_t bias(int64_t c) const { return beta ? beta[c] : acc_t(0); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+template <typename scalar_t>
+void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
+                  Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
+                  at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
+  using T = typename Storage<scalar_t>::type;
+  using acc_t = cpu::acc_type<T>;
+  static_assert(std::is_same<acc_t, at::opmath_type<scalar_t>>::value, "accumulation type");
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const auto* x = reinterpret_cast<const T*>(X);
+  auto* y = reinterpret_cast<T*>(Y);
+  const int64_t D = s.C / s.G;
+  const int64_t L = D * s.HxW;  // elements of one group, contiguous
+  const int64_t groups = s.N * s.G;
+  const int64_t nchunk = ceil_div(L, kChunkElems);
+
+  auto chunk_stat = [&](int64_t group, int64_t j) {
+    const int64_t n = std::min(kChunkElems, L - j * kChunkElems);
+    WelfordStat<acc_t> c{0, 0, n};
+    k.chunk_stats(x + group * L + j * kChunkElems, n, &c.mean, &c.m2);
+    return c;
+  };
+  auto finalize = [&](int64_t group, WelfordStat<acc_t> stat) {
+    finalize_group(stat, eps, X + group * L, 1, L, L, mean + group, rstd + group);
+  };
+  auto normalize_row = [&](int64_t row, int64_t begin, int64_t end) {
+    const int64_t group = (row / s.C) * s.G + (row % s.C) / D;
+    const int64_t c = row % s.C;
+    k.normalize(x + row * s.HxW + begin, y + row * s.HxW + begin, end - begin, mean[group],
+                rstd[group] * p.weight(c), p.bias(c));
+  };
+
+  if (one_task_per_group(groups)) {
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t group = begin; group < end; ++group) {
+        WelfordStat<acc_t> stat{0, 0, 0};
+        for (int64_t j = 0; j < nchunk; ++j) {
+          stat = welford_merge(stat, chunk_stat(group, j));
+        }
+        finalize(group, stat);
+        const int64_t first_row = (group / s.G) * s.C + (group % s.G) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          normalize_row(first_row + d, 0, s.HxW);
+        }
+      }
+    });
+    return;
+  }
+  // Few groups: split every group into its chunks for the statistics, merge, then apply in blocks.
+  std::vector<WelfordStat<acc_t>> chunks(groups * nchunk);
+  at::parallel_for(0, groups * nchunk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      chunks[t] = chunk_stat(t / nchunk, t % nchunk);
+    }
+  });
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t group = begin; group < end; ++group) {
+      WelfordStat<acc_t> stat{0, 0, 0};
+      for (int64_t j = 0; j < nchunk; ++j) {
+        stat = welford_merge(stat, chunks[group * nchunk + j]);
+      }
+      finalize(group, stat);
+    }
+  });
+  const int64_t row_blocks = ceil_div(s.HxW, kChunkElems);
+  at::parallel_for(0, s.N * s.C * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = (t % row_blocks) * kChunkElems;
+      normalize_row(t / row_blocks, b, std::min(s.HxW, b + kChunkElems));
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
+                           Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
+                           at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
+  using T = typename Storage<scalar_t>::type;
+  using acc_t = cpu::acc_type<T>;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const auto* x = reinterpret_cast<const T*>(X);
+  auto* y = reinterpret_cast<T*>(Y);
+  const int64_t C = s.C, G = s.G, D = C / G;
+  const int64_t R = channels_last_chunk_rows(C);
+  const int64_t nchunk = ceil_div(s.HxW, R);
+  const int64_t tasks = s.N * nchunk;
+  auto rows_of = [&](int64_t j) { return std::min(R, s.HxW - j * R); };
+
+  // 1. per chunk and group: mean and M2, laid out [task][mean G | m2 G]
+  std::vector<acc_t> partial(tasks * 2 * G);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(2 * C);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nchunk, j = t % nchunk;
+      k.chunk_stats_cl(x + (n * s.HxW + j * R) * C, rows_of(j), C, D, scratch.data(),
+                       &partial[t * 2 * G], &partial[t * 2 * G + G]);
+    }
+  });
+  // 2. merge the chunks of each group in order
+  at::parallel_for(0, s.N * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t n = ng / G, g = ng % G;
+      WelfordStat<acc_t> stat{0, 0, 0};
+      for (int64_t j = 0; j < nchunk; ++j) {
+        const acc_t* part = &partial[(n * nchunk + j) * 2 * G];
+        stat = welford_merge(stat, WelfordStat<acc_t>{part[g], part[G + g], rows_of(j) * D});
+      }
+      finalize_group(stat, eps, X + n * s.HxW * C + g * D, s.HxW, C, D, mean + ng, rstd + ng);
+    }
+  });
+  // 3. per channel coefficients, then apply chunk by chunk (the same chunks per thread as step 1)
+  std::vector<acc_t> mean_c(s.N * C), scale_c(s.N * C), bias_c(s.N * C);
+  for (int64_t n = 0; n < s.N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t ng = n * G + c / D;
+      mean_c[n * C + c] = mean[ng];
+      scale_c[n * C + c] = rstd[ng] * p.weight(c);
+      bias_c[n * C + c] = p.bias(c);
+    }
+  }
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nchunk, j = t % nchunk;
+      const int64_t offset = (n * s.HxW + j * R) * C;
+      k.normalize_cl(x + offset, y + offset, rows_of(j), C, &mean_c[n * C], &scale_c[n * C],
+                     &bias_c[n * C]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+// dgamma[c] = sum_n ds[n, c] * rstd[n, g], dbeta[c] = sum_n db[n, c], summed in n order.
+template <typename acc_t>
+void param_grads(const GroupNormShape& s, const acc_t* ds, const acc_t* db, const acc_t* rstd,
+                 at::Tensor& dgamma, at::Tensor& dbeta) {
+  const int64_t D = s.C / s.G;
+  acc_t* dgamma_ptr = dgamma.defined() ? dgamma.data_ptr<acc_t>() : nullptr;
+  acc_t* dbeta_ptr = dbeta.defined() ? dbeta.data_ptr<acc_t>() : nullptr;
+  for (int64_t c = 0; c < s.C; ++c) {
+    acc_t sum_ds = 0, sum_db = 0;
+    for (int64_t n = 0; n < s.N; ++n) {
+      sum_ds += ds[n * s.C + c] * rstd[n * s.G + c / D];
+      sum_db += db[n * s.C + c];
+    }
+    if (dgamma_ptr) {
+      dgamma_ptr[c] = sum_ds;
+    }
+    if (dbeta_ptr) {
+      dbeta_ptr[c] = sum_db;
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* X, scalar_t* dX,
+                   Params<scalar_t, at::opmath_type<scalar_t>> p,
+                   const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* rstd,
+                   at::Tensor& dgamma, at::Tensor& dbeta) {
+  using T = typename Storage<scalar_t>::type;
+  using acc_t = cpu::acc_type<T>;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const auto* dy = reinterpret_cast<const T*>(dY);
+  const auto* x = reinterpret_cast<const T*>(X);
+  auto* dx = reinterpret_cast<T*>(dX);
+  const int64_t C = s.C, G = s.G, D = C / G, HxW = s.HxW;
+  const int64_t groups = s.N * G;
+  std::vector<acc_t> ds(s.N * C), db(s.N * C);
+  std::vector<GroupBackwardCoeffs<acc_t>> coeffs(groups);
+
+  auto row_sums = [&](int64_t row) {
+    const int64_t group = (row / C) * G + (row % C) / D;
+    k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
+  };
+  auto group_coeffs = [&](int64_t group) {
+    const int64_t first_row = (group / G) * C + (group % G) * D;
+    acc_t sum_gamma_ds = 0, sum_gamma_db = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const acc_t w = p.weight((group % G) * D + d);
+      sum_gamma_ds += w * ds[first_row + d];
+      sum_gamma_db += w * db[first_row + d];
+    }
+    coeffs[group] = group_backward_coeffs(sum_gamma_ds, sum_gamma_db, rstd[group], D * HxW);
+  };
+  auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end) {
+    const int64_t group = (row / C) * G + (row % C) / D;
+    const GroupBackwardCoeffs<acc_t> q = coeffs[group];
+    k.grad_input(dy + row * HxW + begin, x + row * HxW + begin, dx + row * HxW + begin,
+                 end - begin, rstd[group] * p.weight(row % C), mean[group], rstd[group],
+                 q.xhat_coeff, q.bias);
+  };
+
+  if (one_task_per_group(groups)) {
+    // dy and x of a group stay in cache between the sums and dx.
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t group = begin; group < end; ++group) {
+        const int64_t first_row = (group / G) * C + (group % G) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          row_sums(first_row + d);
+        }
+        group_coeffs(group);
+        if (dx != nullptr) {
+          for (int64_t d = 0; d < D; ++d) {
+            grad_input_row(first_row + d, 0, HxW);
+          }
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        row_sums(row);
+      }
+    });
+    for (int64_t group = 0; group < groups; ++group) {
+      group_coeffs(group);
+    }
+    if (dx != nullptr) {
+      const int64_t row_blocks = ceil_div(HxW, kChunkElems);
+      at::parallel_for(0, s.N * C * row_blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t b = (t % row_blocks) * kChunkElems;
+          grad_input_row(t / row_blocks, b, std::min(HxW, b + kChunkElems));
+        }
+      });
+    }
+  }
+  param_grads(s, ds.data(), db.data(), rstd, dgamma, dbeta);
+}
+
+template <typename scalar_t>
+void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const scalar_t* X,
+                            scalar_t* dX, Params<scalar_t, at::opmath_type<scalar_t>> p,
+                            const at::opmath_type<scalar_t>* mean,
+                            const at::opmath_type<scalar_t>* rstd, at::Tensor& dgamma,
+                            at::Tensor& dbeta) {
+  using T = typename Storage<scalar_t>::type;
+  using acc_t = cpu::acc_type<T>;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const auto* dy = reinterpret_cast<const T*>(dY);
+  const auto* x = reinterpret_cast<const T*>(X);
+  auto* dx = reinterpret_cast<T*>(dX);
+  const int64_t C = s.C, G = s.G, D = C / G, HxW = s.HxW;
+  const int64_t R = channels_last_chunk_rows(C);
+  const int64_t nchunk = ceil_div(HxW, R);
+  const int64_t tasks = s.N * nchunk;
+  auto rows_of = [&](int64_t j) { return std::min(R, HxW - j * R); };
+
+  std::vector<acc_t> mean_c(s.N * C), rstd_c(s.N * C);
+  for (int64_t nc = 0; nc < s.N * C; ++nc) {
+    const int64_t ng = (nc / C) * G + (nc % C) / D;
+    mean_c[nc] = mean[ng];
+    rstd_c[nc] = rstd[ng];
+  }
+  // 1. per chunk, per channel: ds and db, laid out [task][ds C | db C]
+  std::vector<acc_t> partial(tasks * 2 * C);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / nchunk, j = t % nchunk;
+      const int64_t offset = (n * HxW + j * R) * C;
+      k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * C], &partial[t * 2 * C],
+                     &partial[t * 2 * C + C]);
+    }
+  });
+  // 2. sum the chunks in order
+  std::vector<acc_t> ds(s.N * C), db(s.N * C);
+  at::parallel_for(0, s.N * C, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      acc_t sum_ds = 0, sum_db = 0;
+      for (int64_t j = 0; j < nchunk; ++j) {
+        const acc_t* part = &partial[(n * nchunk + j) * 2 * C];
+        sum_ds += part[c];
+        sum_db += part[C + c];
+      }
+      ds[nc] = sum_ds;
+      db[nc] = sum_db;
+    }
+  });
+  // 3. per channel coefficients, then dx chunk by chunk
+  if (dx != nullptr) {
+    std::vector<acc_t> a_c(s.N * C), b_c(s.N * C), k_c(s.N * C);
+    for (int64_t ng = 0; ng < s.N * G; ++ng) {
+      const int64_t first = (ng / G) * C + (ng % G) * D;
+      acc_t sum_gamma_ds = 0, sum_gamma_db = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        const acc_t w = p.weight((ng % G) * D + d);
+        sum_gamma_ds += w * ds[first + d];
+        sum_gamma_db += w * db[first + d];
+      }
+      const GroupBackwardCoeffs<acc_t> q =
+          group_backward_coeffs(sum_gamma_ds, sum_gamma_db, rstd[ng], D * HxW);
+      for (int64_t d = 0; d < D; ++d) {
+        a_c[first + d] = rstd[ng] * p.weight((ng % G) * D + d);
+        b_c[first + d] = q.xhat_coeff;
+        k_c[first + d] = q.bias;
+      }
+    }
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / nchunk, j = t % nchunk;
+        const int64_t offset = (n * HxW + j * R) * C;
+        k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * C],
+                        &mean_c[n * C], &rstd_c[n * C], &b_c[n * C], &k_c[n * C]);
+      }
+    });
+  }
+  param_grads(s, ds.data(), db.data(), rstd, dgamma, dbeta);
+}
+
+template <typename acc_t>
+const acc_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
+}
+
+} // namespace
+
+void group_norm_forward_cpu_kernel(const GroupNormShape& shape, const at::Tensor& X,
+                                   const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                                   at::Tensor& Y, at::Tensor& mean, at::Tensor& rstd) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, X.scalar_type(), "group_norm_forward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), data_or_null<acc_t>(beta)};
+        auto run = shape.channels_last ? forward_channels_last<scalar_t> : forward_nchw<scalar_t>;
+        run(shape, X.const_data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), p, eps,
+            mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>());
+      });
+}
+
+void group_norm_backward_cpu_kernel(const GroupNormShape& shape, const at::Tensor& dY,
+                                    const at::Tensor& X, const at::Tensor& mean,
+                                    const at::Tensor& rstd, const at::Tensor& gamma,
+                                    at::Tensor& dX, at::Tensor& dgamma, at::Tensor& dbeta) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, X.scalar_type(), "group_norm_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), nullptr};
+        auto run =
+            shape.channels_last ? backward_channels_last<scalar_t> : backward_nchw<scalar_t>;
+        run(shape, dY.const_data_ptr<scalar_t>(), X.const_data_ptr<scalar_t>(),
+            dX.defined() ? dX.data_ptr<scalar_t>() : nullptr, p, mean.const_data_ptr<acc_t>(),
+            rstd.const_data_ptr<acc_t>(), dgamma, dbeta);
+      });
+}
+
+} // namespace normext

@@ -1,0 +1,107 @@
+// Vectorized leaf loops of the CPU kernels, compiled once per instruction set (vec_kernels_*.cpp)
+// and picked at load time by the CPU's features, as ATen's DispatchStub does.
+//
+// NB: no torch headers here or in the per-ISA files: those files are compiled with
+// `#pragma GCC target(...)`, and an inline torch function instantiated there could be emitted with
+// AVX-512 instructions and then chosen by the linker for the whole library.
+#pragma once
+
+#include <cstdint>
+
+namespace normext {
+namespace cpu {
+
+// Bit layouts of c10::BFloat16 and c10::Half; the glue reinterprets tensor pointers as these.
+struct bf16_t {
+  uint16_t bits;
+};
+struct fp16_t {
+  uint16_t bits;
+};
+
+// Statistics accumulate in float for float/bf16/half and in double for double.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_type = typename AccType<T>::type;
+
+// Leaf loops for one storage type T. Every reduction runs in a fixed order (fixed vector lanes,
+// fixed tail handling), so results depend only on the data, never on threads.
+// "_cl" variants work on channels-last rows: `rows` rows of C contiguous channels.
+template <typename T>
+struct VecKernels {
+  using acc_t = acc_type<T>;
+  // Mean and M2 of n contiguous values (two passes over data already in L1: exact centering).
+  void (*chunk_stats)(const T* x, int64_t n, acc_t* mean, acc_t* m2);
+  // y = (x - mean) * scale + bias over n contiguous values.
+  void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
+  // Per-group mean and M2 (G = C / D groups of D adjacent channels) of a rows x C block;
+  // scratch holds 2 * C accumulators.
+  void (*chunk_stats_cl)(const T* x, int64_t rows, int64_t C, int64_t D, acc_t* scratch,
+                         acc_t* mean_g, acc_t* m2_g);
+  // y[r, c] = (x[r, c] - mean_c[c]) * scale_c[c] + bias_c[c].
+  void (*normalize_cl)(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
+                       const acc_t* scale_c, const acc_t* bias_c);
+  // ds = sum dy * (x - mean), db = sum dy over n contiguous values.
+  void (*grad_sums)(const T* dy, const T* x, int64_t n, acc_t mean, acc_t* ds, acc_t* db);
+  // dx = a * dy + b * ((x - mean) * rstd) + c over n contiguous values.
+  void (*grad_input)(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean, acc_t rstd,
+                     acc_t b, acc_t c);
+  // Per-channel ds_c / db_c (overwritten) of a rows x C block.
+  void (*grad_sums_cl)(const T* dy, const T* x, int64_t rows, int64_t C, const acc_t* mean_c,
+                       acc_t* ds_c, acc_t* db_c);
+  // dx[r, c] = a_c * dy + b_c * ((x - mean_c) * rstd_c) + c_c, per channel coefficients.
+  void (*grad_input_cl)(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const acc_t* a_c,
+                        const acc_t* mean_c, const acc_t* rstd_c, const acc_t* b_c,
+                        const acc_t* c_c);
+};
+
+struct VecKernelTable {
+  const char* isa;
+  VecKernels<float> f32;
+  VecKernels<double> f64;
+  VecKernels<bf16_t> bf16;
+  VecKernels<fp16_t> f16;
+};
+
+namespace avx512 {
+const VecKernelTable& vec_kernel_table();
+}
+namespace avx2 {
+const VecKernelTable& vec_kernel_table();
+}
+namespace scalar {
+const VecKernelTable& vec_kernel_table();
+}
+
+// The table for this CPU: avx512 (F+BW+VL+DQ), else avx2 (+FMA+F16C), else portable code.
+// NORMEXT_CPU_CAPABILITY=avx512|avx2|default caps the choice (tests use it to cover every table).
+const VecKernelTable& vec_kernels();
+
+template <typename T>
+const VecKernels<T>& vec_kernels_for();
+template <>
+inline const VecKernels<float>& vec_kernels_for<float>() {
+  return vec_kernels().f32;
+}
+template <>
+inline const VecKernels<double>& vec_kernels_for<double>() {
+  return vec_kernels().f64;
+}
+template <>
+inline const VecKernels<bf16_t>& vec_kernels_for<bf16_t>() {
+  return vec_kernels().bf16;
+}
+template <>
+inline const VecKernels<fp16_t>& vec_kernels_for<fp16_t>() {
+  return vec_kernels().f16;
+}
+
+} // namespace cpu
+} // namespace normext

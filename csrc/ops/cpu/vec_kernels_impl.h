@@ -1,0 +1,450 @@
+// Body of the leaf loops, included once per instruction set by vec_kernels_{avx512,avx2,scalar}.cpp
+// with NORMEXT_VEC_NS (namespace) and NORMEXT_VEC_ISA (0 portable, 1 AVX2, 2 AVX-512) defined.
+//
+// NB: written with GCC/Clang vector extensions (a 64-byte vector of float or double): the compiler
+// lowers each operation to one zmm, two ymm or four xmm instructions, so one source serves every
+// ISA and the arithmetic (hence every bit of the result) is the same on all of them, except for FMA
+// contraction. Only fp16 conversion uses intrinsics: GCC does not vectorize _Float16 casts.
+#pragma once
+
+#include <cstring>
+
+#include "common/welford.h"
+#include "ops/cpu/vec_kernels.h"
+
+#if NORMEXT_VEC_ISA >= 1
+#include <immintrin.h>
+#endif
+
+namespace normext {
+namespace cpu {
+namespace NORMEXT_VEC_NS {
+namespace {
+
+typedef float vfloat __attribute__((vector_size(64)));
+typedef double vdouble __attribute__((vector_size(64)));
+typedef int32_t vint32 __attribute__((vector_size(64)));
+typedef int64_t vint64 __attribute__((vector_size(64)));
+typedef uint16_t vu16x16 __attribute__((vector_size(32)));
+typedef uint32_t vu32x16 __attribute__((vector_size(64)));
+
+template <typename acc_t>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = vfloat;
+  using index_type = vint32;
+  static constexpr int size = 16;
+};
+template <>
+struct Vec<double> {
+  using type = vdouble;
+  using index_type = vint64;
+  static constexpr int size = 8;
+};
+
+// Load / store Vec<acc_type<T>>::size elements of T as one accumulator vector.
+template <typename T>
+struct Io;
+
+template <>
+struct Io<float> {
+  static vfloat load(const float* p) {
+    vfloat v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+template <>
+struct Io<double> {
+  static vdouble load(const double* p) {
+    vdouble v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(double* p, vdouble v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+template <>
+struct Io<bf16_t> {
+  static vfloat load(const bf16_t* p) {
+    vu16x16 h;
+    std::memcpy(&h, p, sizeof(h));
+    const vu32x16 bits = __builtin_convertvector(h, vu32x16) << 16;
+    vfloat v;
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+  }
+  // Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN.
+  static void store(bf16_t* p, vfloat v) {
+    vu32x16 bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    const vu32x16 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const vu32x16 nan = (bits >> 16) | 0x40u;
+    const vu32x16 out = ((bits & 0x7fffffffu) > 0x7f800000u) ? nan : rounded;
+    const vu16x16 h = __builtin_convertvector(out, vu16x16);
+    std::memcpy(p, &h, sizeof(h));
+  }
+};
+
+template <>
+struct Io<fp16_t> {
+  static vfloat load(const fp16_t* p) {
+#if NORMEXT_VEC_ISA == 2
+    return (vfloat)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif NORMEXT_VEC_ISA == 1
+    const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+    vfloat v;
+    std::memcpy(&v, &lo, 32);
+    std::memcpy(reinterpret_cast<char*>(&v) + 32, &hi, 32);
+    return v;
+#else
+    vfloat v;
+    for (int i = 0; i < 16; ++i) {
+      _Float16 h;
+      std::memcpy(&h, p + i, 2);
+      v[i] = static_cast<float>(h);
+    }
+    return v;
+#endif
+  }
+  static void store(fp16_t* p, vfloat v) {
+#if NORMEXT_VEC_ISA == 2
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif NORMEXT_VEC_ISA == 1
+    __m256 lo, hi;
+    std::memcpy(&lo, &v, 32);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 8),
+                     _mm256_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (int i = 0; i < 16; ++i) {
+      const _Float16 h = static_cast<_Float16>(v[i]);
+      std::memcpy(p + i, &h, 2);
+    }
+#endif
+  }
+};
+
+template <typename T>
+using vacc = typename Vec<acc_type<T>>::type;
+template <typename T>
+constexpr int kLanes = Vec<acc_type<T>>::size;
+
+// Partial vectors (the last n < kLanes elements) go through a small zero-padded buffer.
+template <typename T>
+inline vacc<T> load_n(const T* p, int64_t n) {
+  T buf[kLanes<T>];
+  std::memset(buf, 0, sizeof(buf));
+  std::memcpy(buf, p, n * sizeof(T));
+  return Io<T>::load(buf);
+}
+
+template <typename T>
+inline void store_n(T* p, vacc<T> v, int64_t n) {
+  T buf[kLanes<T>];
+  Io<T>::store(buf, v);
+  std::memcpy(p, buf, n * sizeof(T));
+}
+
+// Lanes >= n set to zero (for centered sums over a partial vector).
+template <typename T>
+inline vacc<T> mask_first(vacc<T> v, int64_t n) {
+  using index_t = typename Vec<acc_type<T>>::index_type;
+  index_t lane;
+  for (int i = 0; i < kLanes<T>; ++i) {
+    lane[i] = i;
+  }
+  return lane < static_cast<typename std::remove_reference<decltype(lane[0])>::type>(n)
+             ? v
+             : vacc<T>{};
+}
+
+// Fixed pairwise order over the lanes.
+template <typename V>
+inline auto reduce_lanes(V v) -> typename std::remove_reference<decltype(v[0])>::type {
+  constexpr int n = sizeof(V) / sizeof(v[0]);
+  for (int width = n / 2; width > 0; width /= 2) {
+    for (int i = 0; i < width; ++i) {
+      v[i] += v[i + width];
+    }
+  }
+  return v[0];
+}
+
+template <typename T>
+inline vacc<T> splat(acc_type<T> s) {
+  return vacc<T>{} + s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contiguous rows (NCHW and friends)
+
+template <typename T>
+void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_out) {
+  using acc_t = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  // NB: four accumulators hide the add latency; their order is fixed, so the sum is deterministic.
+  vacc<T> s0{}, s1{}, s2{}, s3{};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    s0 += Io<T>::load(x + i);
+    s1 += Io<T>::load(x + i + L);
+    s2 += Io<T>::load(x + i + 2 * L);
+    s3 += Io<T>::load(x + i + 3 * L);
+  }
+  for (; i + L <= n; i += L) {
+    s0 += Io<T>::load(x + i);
+  }
+  if (i < n) {
+    s1 += load_n(x + i, n - i);
+  }
+  const acc_t mean = reduce_lanes((s0 + s1) + (s2 + s3)) / static_cast<acc_t>(n);
+  // Second pass over the same (cached) chunk: sum of squared deviations from the chunk mean.
+  const vacc<T> vmean = splat<T>(mean);
+  vacc<T> q0{}, q1{}, q2{}, q3{};
+  i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    const vacc<T> d0 = Io<T>::load(x + i) - vmean;
+    const vacc<T> d1 = Io<T>::load(x + i + L) - vmean;
+    const vacc<T> d2 = Io<T>::load(x + i + 2 * L) - vmean;
+    const vacc<T> d3 = Io<T>::load(x + i + 3 * L) - vmean;
+    q0 += d0 * d0;
+    q1 += d1 * d1;
+    q2 += d2 * d2;
+    q3 += d3 * d3;
+  }
+  for (; i + L <= n; i += L) {
+    const vacc<T> d = Io<T>::load(x + i) - vmean;
+    q0 += d * d;
+  }
+  if (i < n) {
+    const vacc<T> d = mask_first<T>(load_n(x + i, n - i) - vmean, n - i);
+    q1 += d * d;
+  }
+  *mean_out = mean;
+  *m2_out = reduce_lanes((q0 + q1) + (q2 + q3));
+}
+
+template <typename T>
+void normalize(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> scale,
+               acc_type<T> bias) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    Io<T>::store(y + i, (Io<T>::load(x + i) - vmean) * vscale + vbias);
+  }
+  if (i < n) {
+    store_n(y + i, (load_n(x + i, n - i) - vmean) * vscale + vbias, n - i);
+  }
+}
+
+template <typename T>
+void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>* ds_out,
+               acc_type<T>* db_out) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean);
+  vacc<T> ds0{}, ds1{}, db0{}, db1{};
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const vacc<T> g0 = Io<T>::load(dy + i), g1 = Io<T>::load(dy + i + L);
+    ds0 += g0 * (Io<T>::load(x + i) - vmean);
+    ds1 += g1 * (Io<T>::load(x + i + L) - vmean);
+    db0 += g0;
+    db1 += g1;
+  }
+  for (; i + L <= n; i += L) {
+    const vacc<T> g = Io<T>::load(dy + i);
+    ds0 += g * (Io<T>::load(x + i) - vmean);
+    db0 += g;
+  }
+  if (i < n) {
+    // padded dy lanes are zero, so the padded x lanes contribute nothing
+    const vacc<T> g = load_n(dy + i, n - i);
+    ds1 += g * (load_n(x + i, n - i) - vmean);
+    db1 += g;
+  }
+  *ds_out = reduce_lanes(ds0 + ds1);
+  *db_out = reduce_lanes(db0 + db1);
+}
+
+template <typename T>
+void grad_input(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
+                acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
+                vb = splat<T>(b), vc = splat<T>(c);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
+    Io<T>::store(dx + i, va * Io<T>::load(dy + i) + vb * xhat + vc);
+  }
+  if (i < n) {
+    const vacc<T> xhat = (load_n(x + i, n - i) - vmean) * vrstd;
+    store_n(dx + i, va * load_n(dy + i, n - i) + vb * xhat + vc, n - i);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels-last rows (NHWC, NDHWC): vectorized over channels, accumulated down the rows.
+
+template <typename T>
+inline vacc<T> load_c(const T* p, int64_t c, int64_t C) {
+  return c + kLanes<T> <= C ? Io<T>::load(p + c) : load_n(p + c, C - c);
+}
+
+template <typename A>
+inline typename Vec<A>::type load_acc(const A* p, int64_t c, int64_t C) {
+  typename Vec<A>::type v{};
+  const int64_t n = C - c < Vec<A>::size ? C - c : Vec<A>::size;
+  std::memcpy(&v, p + c, n * sizeof(A));
+  return v;
+}
+
+template <typename A>
+inline void store_acc(A* p, typename Vec<A>::type v, int64_t c, int64_t C) {
+  const int64_t n = C - c < Vec<A>::size ? C - c : Vec<A>::size;
+  std::memcpy(p + c, &v, n * sizeof(A));
+}
+
+template <typename T>
+void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>* scratch,
+                    acc_type<T>* mean_g, acc_type<T>* m2_g) {
+  using acc_t = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  acc_t* col = scratch;       // per-channel column sums, then column sums of squares
+  acc_t* mean_c = scratch + C; // group mean broadcast to its channels
+  const int64_t G = C / D;
+  const acc_t count = static_cast<acc_t>(rows * D);
+  for (int64_t c = 0; c < C; c += L) {
+    vacc<T> s{};
+    for (int64_t r = 0; r < rows; ++r) {
+      s += load_c(x + r * C, c, C);
+    }
+    store_acc(col, s, c, C);
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    acc_t s = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      s += col[g * D + d];
+    }
+    mean_g[g] = s / count;
+    for (int64_t d = 0; d < D; ++d) {
+      mean_c[g * D + d] = mean_g[g];
+    }
+  }
+  for (int64_t c = 0; c < C; c += L) {
+    const vacc<T> m = load_acc(mean_c, c, C);
+    vacc<T> q{};
+    for (int64_t r = 0; r < rows; ++r) {
+      const vacc<T> d = load_c(x + r * C, c, C) - m;
+      q += d * d;
+    }
+    store_acc(col, q, c, C);  // padded lanes hold (0 - 0)^2 = 0 and are not stored
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    acc_t q = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      q += col[g * D + d];
+    }
+    m2_g[g] = q;
+  }
+}
+
+template <typename T>
+void normalize_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
+                  const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
+  constexpr int L = kLanes<T>;
+  if (C % L == 0) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* xr = x + r * C;
+      T* yr = y + r * C;
+      for (int64_t c = 0; c < C; c += L) {
+        const vacc<T> m = load_acc(mean_c, c, C), s = load_acc(scale_c, c, C),
+                      b = load_acc(bias_c, c, C);
+        Io<T>::store(yr + c, (Io<T>::load(xr + c) - m) * s + b);
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    for (int64_t c = 0; c < C; c += L) {
+      const vacc<T> m = load_acc(mean_c, c, C), s = load_acc(scale_c, c, C),
+                    b = load_acc(bias_c, c, C);
+      const vacc<T> out = (load_c(xr, c, C) - m) * s + b;
+      if (c + L <= C) {
+        Io<T>::store(yr + c, out);
+      } else {
+        store_n(yr + c, out, C - c);
+      }
+    }
+  }
+}
+
+template <typename T>
+void grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const acc_type<T>* mean_c,
+                  acc_type<T>* ds_c, acc_type<T>* db_c) {
+  constexpr int L = kLanes<T>;
+  for (int64_t c = 0; c < C; c += L) {
+    const vacc<T> m = load_acc(mean_c, c, C);
+    vacc<T> ds{}, db{};
+    for (int64_t r = 0; r < rows; ++r) {
+      const vacc<T> g = load_c(dy + r * C, c, C);
+      ds += g * (load_c(x + r * C, c, C) - m);
+      db += g;
+    }
+    store_acc(ds_c, ds, c, C);
+    store_acc(db_c, db, c, C);
+  }
+}
+
+template <typename T>
+void grad_input_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
+                   const acc_type<T>* a_c, const acc_type<T>* mean_c, const acc_type<T>* rstd_c,
+                   const acc_type<T>* b_c, const acc_type<T>* c_c) {
+  constexpr int L = kLanes<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * C;
+    const T* xr = x + r * C;
+    T* dxr = dx + r * C;
+    for (int64_t c = 0; c < C; c += L) {
+      const vacc<T> a = load_acc(a_c, c, C), m = load_acc(mean_c, c, C),
+                    rs = load_acc(rstd_c, c, C), b = load_acc(b_c, c, C),
+                    k = load_acc(c_c, c, C);
+      const vacc<T> xhat = (load_c(xr, c, C) - m) * rs;
+      const vacc<T> out = a * load_c(dyr, c, C) + b * xhat + k;
+      if (c + L <= C) {
+        Io<T>::store(dxr + c, out);
+      } else {
+        store_n(dxr + c, out, C - c);
+      }
+    }
+  }
+}
+
+template <typename T>
+constexpr VecKernels<T> make_kernels() {
+  return {&chunk_stats<T>,  &normalize<T>,  &chunk_stats_cl<T>, &normalize_cl<T>,
+          &grad_sums<T>,    &grad_input<T>, &grad_sums_cl<T>,   &grad_input_cl<T>};
+}
+
+} // namespace
+
+const VecKernelTable& vec_kernel_table() {
+  static const VecKernelTable table{NORMEXT_VEC_NAME, make_kernels<float>(),
+                                    make_kernels<double>(), make_kernels<bf16_t>(),
+                                    make_kernels<fp16_t>()};
+  return table;
+}
+
+} // namespace NORMEXT_VEC_NS
+} // namespace cpu
+} // namespace normext

@@ -1,0 +1,201 @@
+// GroupNorm: argument checks with torch's messages, layout choice and output allocation, then the
+// device kernel. Mirrors aten/src/ATen/native/group_norm.cpp.
+#include "ops/group_norm.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include "common/profiling.h"
+
+namespace normext {
+namespace {
+
+bool is_reduced_float(at::ScalarType t) {
+  return t == at::kBFloat16 || t == at::kHalf;
+}
+
+// Same rules and messages as ATen's check_mixed_data_type: parameters share the input's dtype, or
+// the input is bfloat16/half and every given parameter is float32.
+void check_param_dtypes(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
+  bool mixed = false;
+  for (const at::Tensor& p : params) {
+    mixed |= p.defined() && p.scalar_type() != input.scalar_type();
+  }
+  if (!mixed) {
+    return;
+  }
+  for (const at::Tensor& p : params) {
+    TORCH_CHECK(!p.defined() || p.scalar_type() == at::kFloat,
+                "mixed dtype (CPU): expect parameter to have scalar type of Float");
+  }
+  TORCH_CHECK(is_reduced_float(input.scalar_type()),
+              "mixed dtype (CPU): all inputs must share same datatype.");
+}
+
+void check_param(const at::Tensor& input, const at::Tensor& param, const char* name, int64_t C) {
+  if (!param.defined()) {
+    return;
+  }
+  TORCH_CHECK(param.dim() == 1 && param.numel() == C, "Expected ", name,
+              " to be a vector of size equal to the number of channels in input, but got ", name,
+              " of shape ", param.sizes(), " and input of shape ", input.sizes());
+  TORCH_CHECK(param.device() == input.device(),
+              "Expected all tensors to be on the same device, but found at least two devices, ",
+              input.device(), " and ", param.device(), "!");
+}
+
+void check_input(const at::Tensor& input, int64_t num_groups) {
+  TORCH_CHECK(input.dim() >= 2,
+              "Expected at least 2 dimensions for input tensor but received ", input.dim());
+  TORCH_CHECK_NOT_IMPLEMENTED(at::isFloatingType(input.scalar_type()),
+                              "normext group_norm: not implemented for '",
+                              input.scalar_type(), "' (expected float32, float64, bfloat16 or float16)");
+  TORCH_CHECK(num_groups > 0, "Expected num groups to be greater than 0, got ", num_groups);
+  const int64_t C = input.size(1);
+  TORCH_CHECK(C % num_groups == 0,
+              "Expected number of channels in input to be divisible by num_groups, but got input of "
+              "shape ",
+              input.sizes(), " and num_groups=", num_groups);
+}
+
+GroupNormShape shape_of(const at::Tensor& input, int64_t num_groups) {
+  const int64_t N = input.size(0);
+  const int64_t C = input.size(1);
+  int64_t HxW = 1;
+  for (const auto d : c10::irange(2, input.dim())) {
+    HxW *= input.size(d);
+  }
+  // channels_last (4D) and channels_last_3d (5D) stay in their layout; any other strides are
+  // copied to NCHW, as torch does.
+  const auto format = input.suggest_memory_format();
+  const bool channels_last =
+      !input.is_contiguous() && ((input.dim() == 4 && format == at::MemoryFormat::ChannelsLast) ||
+                                 (input.dim() == 5 && format == at::MemoryFormat::ChannelsLast3d));
+  return {N, C, HxW, num_groups, channels_last};
+}
+
+at::MemoryFormat memory_format_of(const at::Tensor& input, const GroupNormShape& shape) {
+  if (!shape.channels_last) {
+    return at::MemoryFormat::Contiguous;
+  }
+  return input.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
+}
+
+at::ScalarType acc_dtype_of(const at::Tensor& input) {
+  return at::toOpMathType(input.scalar_type());
+}
+
+at::Tensor param_in_acc_dtype(const std::optional<at::Tensor>& param, const at::Tensor& input) {
+  if (!param.has_value() || !param->defined()) {
+    return at::Tensor();
+  }
+  return param->to(acc_dtype_of(input)).contiguous();
+}
+
+} // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps,
+    GroupNormForwardKernel kernel) {
+  NORMEXT_RANGE("normext::group_norm_forward");
+  check_input(input, num_groups);
+  const at::Tensor weight_t = weight.value_or(at::Tensor());
+  const at::Tensor bias_t = bias.value_or(at::Tensor());
+  check_param(input, weight_t, "weight", input.size(1));
+  check_param(input, bias_t, "bias", input.size(1));
+  check_param_dtypes(input, {weight_t, bias_t});
+
+  const GroupNormShape shape = shape_of(input, num_groups);
+  TORCH_CHECK(shape.N == 0 || shape.C == 0 || shape.HxW > 0,
+              "Expected HxW to be greater than 0, got ", shape.HxW);
+  const at::MemoryFormat format = memory_format_of(input, shape);
+  const at::Tensor X = input.contiguous(format);
+  at::Tensor Y = at::empty_like(X, X.options(), format);
+  const auto stats_options = X.options().dtype(acc_dtype_of(input));
+  at::Tensor mean = at::empty({shape.N, num_groups}, stats_options);
+  at::Tensor rstd = at::empty({shape.N, num_groups}, stats_options);
+  if (X.numel() == 0) {
+    mean.zero_();
+    rstd.fill_(1.0 / std::sqrt(eps));
+    return {Y, mean, rstd};
+  }
+  kernel(shape, X, param_in_acc_dtype(weight, input), param_in_acc_dtype(bias, input), eps, Y,
+         mean, rstd);
+  return {Y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
+    std::array<bool, 3> output_mask, GroupNormBackwardKernel kernel) {
+  NORMEXT_RANGE("normext::group_norm_backward");
+  check_input(input, num_groups);
+  const at::Tensor weight_t = weight.value_or(at::Tensor());
+  check_param(input, weight_t, "weight", input.size(1));
+  check_param_dtypes(input, {weight_t});
+  TORCH_CHECK(grad_out.sizes() == input.sizes(), "Expected grad_out of shape ", input.sizes(),
+              " (the input's), but got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "Expected grad_out of dtype ",
+              input.scalar_type(), " (the input's), but got ", grad_out.scalar_type());
+  const GroupNormShape shape = shape_of(input, num_groups);
+  const auto acc = acc_dtype_of(input);
+  for (const at::Tensor* stat : {&mean, &rstd}) {
+    TORCH_CHECK(stat->numel() == shape.N * num_groups && stat->scalar_type() == acc,
+                "Expected mean and rstd with N * num_groups = ", shape.N * num_groups,
+                " elements of dtype ", acc, ", but got shape ", stat->sizes(), " and dtype ",
+                stat->scalar_type());
+  }
+  const at::MemoryFormat format = memory_format_of(input, shape);
+  const at::Tensor X = input.contiguous(format);
+  const at::Tensor dY = grad_out.contiguous(format);
+  const auto param_options = X.options().dtype(weight_t.defined() ? weight_t.scalar_type() : acc);
+  at::Tensor dX = output_mask[0] ? at::empty_like(X, X.options(), format) : at::Tensor();
+  at::Tensor dgamma = output_mask[1] && weight_t.defined()
+                          ? at::empty({shape.C}, X.options().dtype(acc))
+                          : at::Tensor();
+  at::Tensor dbeta = output_mask[2] ? at::empty({shape.C}, X.options().dtype(acc)) : at::Tensor();
+  if (X.numel() == 0) {
+    for (at::Tensor* t : {&dgamma, &dbeta}) {
+      if (t->defined()) {
+        t->zero_();
+      }
+    }
+  } else if (dX.defined() || dgamma.defined() || dbeta.defined()) {
+    kernel(shape, dY, X, mean.contiguous(), rstd.contiguous(), param_in_acc_dtype(weight, input),
+           dX, dgamma, dbeta);
+  }
+  // Masked-out gradients come back as empty tensors: custom op schemas cannot return None.
+  auto or_empty = [&](const at::Tensor& t, const at::TensorOptions& options) {
+    return t.defined() ? t.to(options.dtype()) : at::empty({0}, options);
+  };
+  return {or_empty(dX, X.options()), or_empty(dgamma, param_options),
+          or_empty(dbeta, param_options)};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward_cpu(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
+  return group_norm_forward(input, weight, bias, num_groups, eps, group_norm_forward_cpu_kernel);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
+    std::array<bool, 3> output_mask) {
+  return group_norm_backward(grad_out, input, mean, rstd, weight, num_groups, output_mask,
+                             group_norm_backward_cpu_kernel);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(normext, CPU, m) {
+  m.impl("group_norm_forward", &group_norm_forward_cpu);
+  m.impl("group_norm_backward", &group_norm_backward_cpu);
+}
+
+} // namespace normext

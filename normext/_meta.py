@@ -1,0 +1,99 @@
+"""Fake (meta) kernels: shapes, dtypes and argument checks of every op, for torch.compile."""
+import torch
+
+_REDUCED = (torch.bfloat16, torch.float16)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the saved statistics: float32 for half/bfloat16/float32, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_param_dtypes(input: torch.Tensor, *params) -> None:
+    """ATen's check_mixed_data_type, with its messages."""
+    if not any(p is not None and p.dtype != input.dtype for p in params):
+        return
+    for p in params:
+        if p is not None and p.dtype != torch.float32:
+            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+    if input.dtype not in _REDUCED:
+        raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+
+
+def check_group_norm_args(input, weight, bias, num_groups: int) -> None:
+    """The checks of csrc/ops/group_norm.cpp, with the same messages (torch's)."""
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
+        )
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(
+            f"normext group_norm: not implemented for '{_c10_name(input.dtype)}' "
+            "(expected float32, float64, bfloat16 or float16)"
+        )
+    if num_groups <= 0:
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
+    C = input.shape[1]
+    if C % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input "
+            f"of shape {list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if p.dim() != 1 or p.numel() != C:
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in "
+                f"input, but got {name} of shape {list(p.shape)} and input of shape "
+                f"{list(input.shape)}"
+            )
+        if p.device != input.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two devices, "
+                f"{input.device} and {p.device}!"
+            )
+    check_param_dtypes(input, weight, bias)
+
+
+def _c10_name(dtype: torch.dtype) -> str:
+    names = {torch.int32: "Int", torch.int64: "Long", torch.int16: "Short", torch.int8: "Char",
+             torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+             torch.complex128: "ComplexDouble"}
+    return names.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def group_norm_memory_format(input: torch.Tensor) -> torch.memory_format:
+    """Layout of the output: channels_last(_3d) inputs keep it, anything else becomes NCHW."""
+    if not input.is_contiguous():
+        fmt = torch._prims_common.suggest_memory_format(input)
+        if (input.dim() == 4 and fmt == torch.channels_last) or (
+            input.dim() == 5 and fmt == torch.channels_last_3d
+        ):
+            return fmt
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("normext::group_norm_forward")
+def _group_norm_forward_fake(input, weight, bias, num_groups, eps):
+    check_group_norm_args(input, weight, bias, num_groups)
+    y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    stats = (input.shape[0], num_groups)
+    dtype = acc_dtype(input.dtype)
+    return y, input.new_empty(stats, dtype=dtype), input.new_empty(stats, dtype=dtype)
+
+
+@torch.library.register_fake("normext::group_norm_backward")
+def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, output_mask):
+    check_group_norm_args(input, weight, None, num_groups)
+    acc = acc_dtype(input.dtype)
+    param_dtype = weight.dtype if weight is not None else acc
+    C = input.shape[1]
+    dx = (
+        torch.empty_like(input, memory_format=group_norm_memory_format(input))
+        if output_mask[0]
+        else input.new_empty((0,))
+    )
+    dweight = input.new_empty((C if output_mask[1] and weight is not None else 0,), dtype=param_dtype)
+    dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
+    return dx, dweight, dbias
