@@ -23,8 +23,7 @@ namespace {
 
 using cpu::VecKernels;
 
-// NB: 4096 fp32 values = 16 KB, so a chunk's two statistics passes run from L1.
-constexpr int64_t kChunkElems = 4096;
+constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
 // Channels-last chunks take at least this many positions, so that the per-chunk partial buffers
 // of the backward stay a few percent of the input even for C = 1280.
 constexpr int64_t kMinChunkRows = 64;

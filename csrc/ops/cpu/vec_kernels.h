@@ -31,13 +31,16 @@ struct AccType<double> {
 template <typename T>
 using acc_type = typename AccType<T>::type;
 
+// Largest n chunk_stats accepts: 16 KB of fp32, so a chunk's passes run from L1.
+constexpr int64_t kMaxChunkElems = 4096;
+
 // Leaf loops for one storage type T. Every reduction runs in a fixed order (fixed vector lanes,
 // fixed tail handling), so results depend only on the data, never on threads.
 // "_cl" variants work on channels-last rows: `rows` rows of C contiguous channels.
 template <typename T>
 struct VecKernels {
   using acc_t = acc_type<T>;
-  // Mean and M2 of n contiguous values (two passes over data already in L1: exact centering).
+  // Mean and M2 of n <= kMaxChunkElems contiguous values (two passes over data in L1).
   void (*chunk_stats)(const T* x, int64_t n, acc_t* mean, acc_t* m2);
   // y = (x - mean) * scale + bias over n contiguous values.
   void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
@@ -70,6 +73,9 @@ struct VecKernelTable {
   VecKernels<fp16_t> f16;
 };
 
+namespace avx512_bf16 {
+const VecKernelTable& vec_kernel_table();
+}
 namespace avx512 {
 const VecKernelTable& vec_kernel_table();
 }
@@ -80,8 +86,9 @@ namespace scalar {
 const VecKernelTable& vec_kernel_table();
 }
 
-// The table for this CPU: avx512 (F+BW+VL+DQ), else avx2 (+FMA+F16C), else portable code.
-// NORMEXT_CPU_CAPABILITY=avx512|avx2|default caps the choice (tests use it to cover every table).
+// The table for this CPU: avx512_bf16 (AVX-512 with native bf16 conversion), else avx512
+// (F+BW+VL+DQ), else avx2 (+FMA+F16C), else portable code.
+// NORMEXT_CPU_CAPABILITY=avx512_bf16|avx512|avx2|default caps the choice (tests use it to cover every table).
 const VecKernelTable& vec_kernels();
 
 template <typename T>

@@ -8,27 +8,29 @@ namespace normext {
 namespace cpu {
 namespace {
 
-// 0 = default, 1 = avx2, 2 = avx512; NORMEXT_CPU_CAPABILITY caps what the CPU offers.
+// 0 = default, 1 = avx2, 2 = avx512, 3 = avx512_bf16; NORMEXT_CPU_CAPABILITY caps what the CPU
+// offers (an unknown value caps nothing).
 int capability_cap() {
   const char* env = std::getenv("NORMEXT_CPU_CAPABILITY");
-  if (env == nullptr) {
-    return 2;
+  const char* names[] = {"default", "avx2", "avx512", "avx512_bf16"};
+  for (int level = 0; env != nullptr && level < 4; ++level) {
+    if (std::strcmp(env, names[level]) == 0) {
+      return level;
+    }
   }
-  if (std::strcmp(env, "default") == 0) {
-    return 0;
-  }
-  if (std::strcmp(env, "avx2") == 0) {
-    return 1;
-  }
-  return 2;
+  return 3;
 }
 
 const VecKernelTable& pick_table() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   const int cap = capability_cap();
-  if (cap >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  if (cap >= 3 && avx512 && __builtin_cpu_supports("avx512bf16")) {
+    return avx512_bf16::vec_kernel_table();
+  }
+  if (cap >= 2 && avx512) {
     return avx512::vec_kernel_table();
   }
   if (cap >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

@@ -1,5 +1,6 @@
 // Body of the leaf loops, included once per instruction set by vec_kernels_{avx512,avx2,scalar}.cpp
-// with NORMEXT_VEC_NS (namespace) and NORMEXT_VEC_ISA (0 portable, 1 AVX2, 2 AVX-512) defined.
+// with NORMEXT_VEC_NS (namespace) and NORMEXT_VEC_ISA (0 portable, 1 AVX2, 2 AVX-512, 3 AVX-512 with
+// the BF16 extension) defined.
 //
 // NB: written with GCC/Clang vector extensions (a 64-byte vector of float or double): the compiler
 // lowers each operation to one zmm, two ymm or four xmm instructions, so one source serves every
@@ -8,6 +9,7 @@
 #pragma once
 
 #include <cstring>
+#include <type_traits>
 
 #include "common/welford.h"
 #include "ops/cpu/vec_kernels.h"
@@ -21,12 +23,16 @@ namespace cpu {
 namespace NORMEXT_VEC_NS {
 namespace {
 
-typedef float vfloat __attribute__((vector_size(64)));
-typedef double vdouble __attribute__((vector_size(64)));
-typedef int32_t vint32 __attribute__((vector_size(64)));
-typedef int64_t vint64 __attribute__((vector_size(64)));
-typedef uint16_t vu16x16 __attribute__((vector_size(32)));
-typedef uint32_t vu32x16 __attribute__((vector_size(64)));
+// NB: the vector width follows the ISA (64, 32, 16 bytes): GCC lowers a vector wider than the
+// machine's registers through the stack, which is slower than scalar code.
+constexpr int kVecBytes = NORMEXT_VEC_ISA >= 2 ? 64 : NORMEXT_VEC_ISA == 1 ? 32 : 16;
+constexpr int kFloatLanes = kVecBytes / 4;
+typedef float vfloat __attribute__((vector_size(kVecBytes)));
+typedef double vdouble __attribute__((vector_size(kVecBytes)));
+typedef int32_t vint32 __attribute__((vector_size(kVecBytes)));
+typedef int64_t vint64 __attribute__((vector_size(kVecBytes)));
+typedef uint16_t vu16 __attribute__((vector_size(kVecBytes / 2)));
+typedef uint32_t vu32 __attribute__((vector_size(kVecBytes)));
 
 template <typename acc_t>
 struct Vec;
@@ -34,13 +40,13 @@ template <>
 struct Vec<float> {
   using type = vfloat;
   using index_type = vint32;
-  static constexpr int size = 16;
+  static constexpr int size = kFloatLanes;
 };
 template <>
 struct Vec<double> {
   using type = vdouble;
   using index_type = vint64;
-  static constexpr int size = 8;
+  static constexpr int size = kFloatLanes / 2;
 };
 
 // Load / store Vec<acc_type<T>>::size elements of T as one accumulator vector.
@@ -70,40 +76,52 @@ struct Io<double> {
 template <>
 struct Io<bf16_t> {
   static vfloat load(const bf16_t* p) {
-    vu16x16 h;
+#if NORMEXT_VEC_ISA >= 2
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return (vfloat)_mm512_slli_epi32(wide, 16);
+#else
+    vu16 h;
     std::memcpy(&h, p, sizeof(h));
-    const vu32x16 bits = __builtin_convertvector(h, vu32x16) << 16;
+    const vu32 bits = __builtin_convertvector(h, vu32) << 16;
     vfloat v;
     std::memcpy(&v, &bits, sizeof(v));
     return v;
+#endif
   }
   // Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN.
   static void store(bf16_t* p, vfloat v) {
-    vu32x16 bits;
+#if NORMEXT_VEC_ISA >= 3
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh((__m512)v));
+#elif NORMEXT_VEC_ISA == 2
+    const __m512i bits = _mm512_castps_si512((__m512)v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
+    rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+#else
+    vu32 bits;
     std::memcpy(&bits, &v, sizeof(bits));
-    const vu32x16 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    const vu32x16 nan = (bits >> 16) | 0x40u;
-    const vu32x16 out = ((bits & 0x7fffffffu) > 0x7f800000u) ? nan : rounded;
-    const vu16x16 h = __builtin_convertvector(out, vu16x16);
+    const vu32 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const vu32 nan = (bits >> 16) | 0x40u;
+    const vu32 out = ((bits & 0x7fffffffu) > 0x7f800000u) ? nan : rounded;
+    const vu16 h = __builtin_convertvector(out, vu16);
     std::memcpy(p, &h, sizeof(h));
+#endif
   }
 };
 
 template <>
 struct Io<fp16_t> {
   static vfloat load(const fp16_t* p) {
-#if NORMEXT_VEC_ISA == 2
+#if NORMEXT_VEC_ISA >= 2
     return (vfloat)_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 #elif NORMEXT_VEC_ISA == 1
-    const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
-    vfloat v;
-    std::memcpy(&v, &lo, 32);
-    std::memcpy(reinterpret_cast<char*>(&v) + 32, &hi, 32);
-    return v;
+    return (vfloat)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else
     vfloat v;
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < kFloatLanes; ++i) {
       _Float16 h;
       std::memcpy(&h, p + i, 2);
       v[i] = static_cast<float>(h);
@@ -112,18 +130,14 @@ struct Io<fp16_t> {
 #endif
   }
   static void store(fp16_t* p, vfloat v) {
-#if NORMEXT_VEC_ISA == 2
+#if NORMEXT_VEC_ISA >= 2
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #elif NORMEXT_VEC_ISA == 1
-    __m256 lo, hi;
-    std::memcpy(&lo, &v, 32);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(lo, _MM_FROUND_TO_NEAREST_INT));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 8),
-                     _mm256_cvtps_ph(hi, _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < kFloatLanes; ++i) {
       const _Float16 h = static_cast<_Float16>(v[i]);
       std::memcpy(p + i, &h, 2);
     }
@@ -153,16 +167,15 @@ inline void store_n(T* p, vacc<T> v, int64_t n) {
 }
 
 // Lanes >= n set to zero (for centered sums over a partial vector).
-template <typename T>
-inline vacc<T> mask_first(vacc<T> v, int64_t n) {
-  using index_t = typename Vec<acc_type<T>>::index_type;
+template <typename A>
+inline typename Vec<A>::type mask_first(typename Vec<A>::type v, int64_t n) {
+  using index_t = typename Vec<A>::index_type;
+  using lane_t = typename std::remove_reference<decltype(index_t{}[0])>::type;
   index_t lane;
-  for (int i = 0; i < kLanes<T>; ++i) {
+  for (int i = 0; i < Vec<A>::size; ++i) {
     lane[i] = i;
   }
-  return lane < static_cast<typename std::remove_reference<decltype(lane[0])>::type>(n)
-             ? v
-             : vacc<T>{};
+  return lane < static_cast<lane_t>(n) ? v : typename Vec<A>::type{};
 }
 
 // Fixed pairwise order over the lanes.
@@ -185,50 +198,71 @@ inline vacc<T> splat(acc_type<T> s) {
 // ---------------------------------------------------------------------------------------------
 // Contiguous rows (NCHW and friends)
 
-template <typename T>
-void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_out) {
-  using acc_t = acc_type<T>;
-  constexpr int L = kLanes<T>;
+// Mean and M2 of n <= kMaxChunkElems values in acc_t: two passes over data that sits in L1.
+template <typename A>
+void two_pass_stats(const A* x, int64_t n, A* mean_out, A* m2_out) {
+  constexpr int L = Vec<A>::size;
+  using V = typename Vec<A>::type;
   // NB: four accumulators hide the add latency; their order is fixed, so the sum is deterministic.
-  vacc<T> s0{}, s1{}, s2{}, s3{};
+  V s0{}, s1{}, s2{}, s3{};
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
-    s0 += Io<T>::load(x + i);
-    s1 += Io<T>::load(x + i + L);
-    s2 += Io<T>::load(x + i + 2 * L);
-    s3 += Io<T>::load(x + i + 3 * L);
+    s0 += Io<A>::load(x + i);
+    s1 += Io<A>::load(x + i + L);
+    s2 += Io<A>::load(x + i + 2 * L);
+    s3 += Io<A>::load(x + i + 3 * L);
   }
   for (; i + L <= n; i += L) {
-    s0 += Io<T>::load(x + i);
+    s0 += Io<A>::load(x + i);
   }
   if (i < n) {
     s1 += load_n(x + i, n - i);
   }
-  const acc_t mean = reduce_lanes((s0 + s1) + (s2 + s3)) / static_cast<acc_t>(n);
-  // Second pass over the same (cached) chunk: sum of squared deviations from the chunk mean.
-  const vacc<T> vmean = splat<T>(mean);
-  vacc<T> q0{}, q1{}, q2{}, q3{};
+  const A mean = reduce_lanes((s0 + s1) + (s2 + s3)) / static_cast<A>(n);
+  // Second pass: sum of squared deviations from the chunk mean (exact centering, no cancellation).
+  const V vmean = V{} + mean;
+  V q0{}, q1{}, q2{}, q3{};
   i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
-    const vacc<T> d0 = Io<T>::load(x + i) - vmean;
-    const vacc<T> d1 = Io<T>::load(x + i + L) - vmean;
-    const vacc<T> d2 = Io<T>::load(x + i + 2 * L) - vmean;
-    const vacc<T> d3 = Io<T>::load(x + i + 3 * L) - vmean;
+    const V d0 = Io<A>::load(x + i) - vmean;
+    const V d1 = Io<A>::load(x + i + L) - vmean;
+    const V d2 = Io<A>::load(x + i + 2 * L) - vmean;
+    const V d3 = Io<A>::load(x + i + 3 * L) - vmean;
     q0 += d0 * d0;
     q1 += d1 * d1;
     q2 += d2 * d2;
     q3 += d3 * d3;
   }
   for (; i + L <= n; i += L) {
-    const vacc<T> d = Io<T>::load(x + i) - vmean;
+    const V d = Io<A>::load(x + i) - vmean;
     q0 += d * d;
   }
   if (i < n) {
-    const vacc<T> d = mask_first<T>(load_n(x + i, n - i) - vmean, n - i);
+    const V d = mask_first<A>(load_n(x + i, n - i) - vmean, n - i);
     q1 += d * d;
   }
   *mean_out = mean;
   *m2_out = reduce_lanes((q0 + q1) + (q2 + q3));
+}
+
+template <typename T>
+void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_out) {
+  using acc_t = acc_type<T>;
+  if constexpr (std::is_same<T, acc_t>::value) {
+    two_pass_stats(x, n, mean_out, m2_out);
+  } else {
+    // NB: bf16/fp16 are widened once into an L1 buffer, so the two passes convert nothing.
+    constexpr int L = kLanes<T>;
+    alignas(64) acc_t buf[kMaxChunkElems];
+    int64_t i = 0;
+    for (; i + L <= n; i += L) {
+      Io<acc_t>::store(buf + i, Io<T>::load(x + i));
+    }
+    if (i < n) {
+      store_n(buf + i, load_n(x + i, n - i), n - i);
+    }
+    two_pass_stats(buf, n, mean_out, m2_out);
+  }
 }
 
 template <typename T>
@@ -357,33 +391,22 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
   }
 }
 
+// NB: channel blocks outer, rows inner: the per-channel coefficients stay in registers and a
+// chunk of rows is small enough to stay in L1/L2 across the channel blocks.
 template <typename T>
 void normalize_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
                   const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
   constexpr int L = kLanes<T>;
-  if (C % L == 0) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * C;
-      T* yr = y + r * C;
-      for (int64_t c = 0; c < C; c += L) {
-        const vacc<T> m = load_acc(mean_c, c, C), s = load_acc(scale_c, c, C),
-                      b = load_acc(bias_c, c, C);
-        Io<T>::store(yr + c, (Io<T>::load(xr + c) - m) * s + b);
+  for (int64_t c = 0; c < C; c += L) {
+    const vacc<T> m = load_acc(mean_c, c, C), s = load_acc(scale_c, c, C),
+                  b = load_acc(bias_c, c, C);
+    if (c + L <= C) {
+      for (int64_t r = 0; r < rows; ++r) {
+        Io<T>::store(y + r * C + c, (Io<T>::load(x + r * C + c) - m) * s + b);
       }
-    }
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    for (int64_t c = 0; c < C; c += L) {
-      const vacc<T> m = load_acc(mean_c, c, C), s = load_acc(scale_c, c, C),
-                    b = load_acc(bias_c, c, C);
-      const vacc<T> out = (load_c(xr, c, C) - m) * s + b;
-      if (c + L <= C) {
-        Io<T>::store(yr + c, out);
-      } else {
-        store_n(yr + c, out, C - c);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        store_n(y + r * C + c, (load_n(x + r * C + c, C - c) - m) * s + b, C - c);
       }
     }
   }
@@ -411,20 +434,20 @@ void grad_input_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
                    const acc_type<T>* a_c, const acc_type<T>* mean_c, const acc_type<T>* rstd_c,
                    const acc_type<T>* b_c, const acc_type<T>* c_c) {
   constexpr int L = kLanes<T>;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* dyr = dy + r * C;
-    const T* xr = x + r * C;
-    T* dxr = dx + r * C;
-    for (int64_t c = 0; c < C; c += L) {
-      const vacc<T> a = load_acc(a_c, c, C), m = load_acc(mean_c, c, C),
-                    rs = load_acc(rstd_c, c, C), b = load_acc(b_c, c, C),
-                    k = load_acc(c_c, c, C);
-      const vacc<T> xhat = (load_c(xr, c, C) - m) * rs;
-      const vacc<T> out = a * load_c(dyr, c, C) + b * xhat + k;
-      if (c + L <= C) {
-        Io<T>::store(dxr + c, out);
-      } else {
-        store_n(dxr + c, out, C - c);
+  for (int64_t c = 0; c < C; c += L) {
+    const vacc<T> a = load_acc(a_c, c, C), m = load_acc(mean_c, c, C),
+                  rs = load_acc(rstd_c, c, C), b = load_acc(b_c, c, C), k = load_acc(c_c, c, C);
+    if (c + L <= C) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t o = r * C + c;
+        const vacc<T> xhat = (Io<T>::load(x + o) - m) * rs;
+        Io<T>::store(dx + o, a * Io<T>::load(dy + o) + b * xhat + k);
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t o = r * C + c;
+        const vacc<T> xhat = (load_n(x + o, C - c) - m) * rs;
+        store_n(dx + o, a * load_n(dy + o, C - c) + b * xhat + k, C - c);
       }
     }
   }

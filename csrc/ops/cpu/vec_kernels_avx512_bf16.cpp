@@ -1,0 +1,20 @@
+// Leaf loops compiled for AVX-512 (F, BW, VL, DQ, BF16) + FMA + F16C (Cooper Lake, Sapphire
+// Rapids, Zen 4 and later): bf16 stores round with one instruction; chosen at run time by vec_kernels().
+#if defined(__x86_64__) || defined(__i386__)  // other CPUs use the portable table alone
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")
+#elif defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c"))), apply_to = function)
+#endif
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive on _mm512_undefined_ps
+
+#define NORMEXT_VEC_NS avx512_bf16
+#define NORMEXT_VEC_ISA 3
+#define NORMEXT_VEC_NAME "avx512_bf16"
+#include "ops/cpu/vec_kernels_impl.h"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif
