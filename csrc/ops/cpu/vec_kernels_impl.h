@@ -5,7 +5,8 @@
 // NB: written with GCC/Clang vector extensions (a 64-byte vector of float or double): the compiler
 // lowers each operation to one zmm, two ymm or four xmm instructions, so one source serves every
 // ISA and the arithmetic (hence every bit of the result) is the same on all of them, except for FMA
-// contraction. Only fp16 conversion uses intrinsics: GCC does not vectorize _Float16 casts.
+// contraction. bf16/fp16 conversions use intrinsics where the ISA has them (GCC does not
+// vectorize _Float16 casts) and branch-free integer code otherwise.
 #pragma once
 
 #include <cstring>
@@ -49,6 +50,17 @@ struct Vec<double> {
   static constexpr int size = kFloatLanes / 2;
 };
 
+inline vfloat as_float(vu32 bits) {
+  vfloat v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+inline vu32 as_bits(vfloat v) {
+  vu32 bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
 // Load / store Vec<acc_type<T>>::size elements of T as one accumulator vector.
 template <typename T>
 struct Io;
@@ -79,6 +91,9 @@ struct Io<bf16_t> {
 #if NORMEXT_VEC_ISA >= 2
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return (vfloat)_mm512_slli_epi32(wide, 16);
+#elif NORMEXT_VEC_ISA == 1
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return (vfloat)_mm256_slli_epi32(wide, 16);
 #else
     vu16 h;
     std::memcpy(&h, p, sizeof(h));
@@ -100,6 +115,16 @@ struct Io<bf16_t> {
     rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+#elif NORMEXT_VEC_ISA == 1
+    const __m256i bits = _mm256_castps_si256((__m256)v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded =
+        _mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q));
+    const __m256i out = _mm256_srli_epi32(
+        _mm256_blendv_epi8(rounded, _mm256_or_si256(bits, _mm256_set1_epi32(0x400000)), nan), 16);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm_packus_epi32(_mm256_castsi256_si128(out), _mm256_extracti128_si256(out, 1)));
 #else
     vu32 bits;
     std::memcpy(&bits, &v, sizeof(bits));
@@ -120,13 +145,17 @@ struct Io<fp16_t> {
 #elif NORMEXT_VEC_ISA == 1
     return (vfloat)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 #else
-    vfloat v;
-    for (int i = 0; i < kFloatLanes; ++i) {
-      _Float16 h;
-      std::memcpy(&h, p + i, 2);
-      v[i] = static_cast<float>(h);
-    }
-    return v;
+    // NB: branch-free bit manipulation (c10's fp16_ieee_to_fp32_value), so it vectorizes; the
+    // baseline ISA has no conversion instruction and _Float16 casts become library calls.
+    vu16 h;
+    std::memcpy(&h, p, sizeof(h));
+    const vu32 w = __builtin_convertvector(h, vu32) << 16;
+    const vu32 sign = w & 0x80000000u;
+    const vu32 two_w = w + w;
+    const vfloat normalized = as_float((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const vfloat denormalized = as_float((two_w >> 17) | (126u << 23)) - 0.5f;
+    const vu32 magnitude = two_w < (1u << 27) ? as_bits(denormalized) : as_bits(normalized);
+    return as_float(sign | magnitude);
 #endif
   }
   static void store(fp16_t* p, vfloat v) {
@@ -137,10 +166,19 @@ struct Io<fp16_t> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
-    for (int i = 0; i < kFloatLanes; ++i) {
-      const _Float16 h = static_cast<_Float16>(v[i]);
-      std::memcpy(p + i, &h, 2);
-    }
+    // c10's fp16_ieee_from_fp32_value, vectorized: round to nearest even, inf and NaN kept.
+    const vu32 w = as_bits(v);
+    const vu32 shl1_w = w + w;
+    const vu32 sign = w & 0x80000000u;
+    vu32 bias = shl1_w & 0xFF000000u;
+    bias = bias < 0x71000000u ? vu32{} + 0x71000000u : bias;
+    vfloat base = as_float(as_bits(v) & 0x7FFFFFFFu) * 0x1.0p+112f * 0x1.0p-110f;
+    base = as_float((bias >> 1) + 0x07800000u) + base;
+    const vu32 bits = as_bits(base);
+    const vu32 nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+    const vu32 out = (sign >> 16) | (shl1_w > 0xFF000000u ? vu32{} + 0x7E00u : nonsign);
+    const vu16 h = __builtin_convertvector(out, vu16);
+    std::memcpy(p, &h, sizeof(h));
 #endif
   }
 };

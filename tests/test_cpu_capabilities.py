@@ -1,0 +1,53 @@
+"""Every per-ISA table of CPU leaf loops (csrc/ops/cpu/vec_kernels_*.cpp) gives the same answers.
+
+The library picks the best table for the CPU at load time; NORMEXT_CPU_CAPABILITY caps the choice,
+so each table is exercised in its own subprocess (the choice is made once per process).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+CAPABILITIES = ["default", "avx2", "avx512", "avx512_bf16"]
+
+# Runs in a subprocess: prints the max error vs a float64 reference for each dtype and layout, and
+# whether inf/nan land exactly where the reference has them.
+SCRIPT = r"""
+import torch, normext, torch.nn.functional as F
+torch.manual_seed(0)
+for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    x = torch.randn(2, 48, 17, 19, dtype=dt) * 3 + 1
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 5, 2, 2] = float("inf")
+    w, b = torch.randn(48, dtype=dt), torch.randn(48, dtype=dt)
+    for cl in (False, True):
+        xx = x.to(memory_format=torch.channels_last) if cl else x
+        xg = xx.detach().requires_grad_()
+        y = normext.functional.group_norm(xg, 8, w, b)
+        (dx,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+        ref = F.group_norm(xx.double(), 8, w.double(), b.double())
+        finite = torch.isfinite(ref)
+        err = (y.double() - ref)[finite].abs().max().item()
+        print(str(dt), int(cl), err, bool((torch.isfinite(y) == finite).all()),
+              bool(torch.isfinite(dx[1, 8:]).all()))
+"""
+
+TOLERANCE = {"torch.float16": 8e-3, "torch.bfloat16": 6e-2, "torch.float32": 4e-6,
+             "torch.float64": 1e-12}
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_every_cpu_table_matches_reference(capability):
+    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    rows = [line.split() for line in lines if line.startswith("torch.")]
+    assert len(rows) == 8
+    for dtype, cl, err, nan_match, grad_finite in rows:
+        assert float(err) < TOLERANCE[dtype], (capability, dtype, cl, err)
+        assert nan_match == "True", (capability, dtype, cl)
+        assert grad_finite == "True", (capability, dtype, cl)
