@@ -50,8 +50,7 @@ def check_group_norm_args(input, weight, bias, num_groups: int) -> None:
             )
         if p.device != input.device:
             raise RuntimeError(
-                "Expected all tensors to be on the same device, but found at least two devices, "
-                f"{input.device} and {p.device}!"
+                f"Tensor on device {p.device} is not on the expected device {input.device}!"
             )
     check_param_dtypes(input, weight, bias)
 

@@ -41,9 +41,8 @@ void check_param(const at::Tensor& input, const at::Tensor& param, const char* n
   TORCH_CHECK(param.dim() == 1 && param.numel() == C, "Expected ", name,
               " to be a vector of size equal to the number of channels in input, but got ", name,
               " of shape ", param.sizes(), " and input of shape ", input.sizes());
-  TORCH_CHECK(param.device() == input.device(),
-              "Expected all tensors to be on the same device, but found at least two devices, ",
-              input.device(), " and ", param.device(), "!");
+  TORCH_CHECK(param.device() == input.device(), "Tensor on device ", param.device(),
+              " is not on the expected device ", input.device(), "!");
 }
 
 void check_input(const at::Tensor& input, int64_t num_groups) {

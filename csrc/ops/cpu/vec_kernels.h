@@ -45,7 +45,7 @@ struct VecKernels {
   // y = (x - mean) * scale + bias over n contiguous values.
   void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
   // Per-group mean and M2 (G = C / D groups of D adjacent channels) of a rows x C block;
-  // scratch holds 2 * C accumulators.
+  // scratch holds 3 * C accumulators.
   void (*chunk_stats_cl)(const T* x, int64_t rows, int64_t C, int64_t D, acc_t* scratch,
                          acc_t* mean_g, acc_t* m2_g);
   // y[r, c] = (x[r, c] - mean_c[c]) * scale_c[c] + bias_c[c].

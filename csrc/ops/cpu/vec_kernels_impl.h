@@ -257,9 +257,11 @@ void two_pass_stats(const A* x, int64_t n, A* mean_out, A* m2_out) {
     s1 += load_n(x + i, n - i);
   }
   const A mean = reduce_lanes((s0 + s1) + (s2 + s3)) / static_cast<A>(n);
-  // Second pass: sum of squared deviations from the chunk mean (exact centering, no cancellation).
+  // Second pass: squared deviations from that mean, plus their plain sum r, which corrects the
+  // rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub and LeVeque):
+  // mean += r / n, M2 -= r^2 / n.
   const V vmean = V{} + mean;
-  V q0{}, q1{}, q2{}, q3{};
+  V q0{}, q1{}, q2{}, q3{}, r0{}, r1{};
   i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
     const V d0 = Io<A>::load(x + i) - vmean;
@@ -270,17 +272,22 @@ void two_pass_stats(const A* x, int64_t n, A* mean_out, A* m2_out) {
     q1 += d1 * d1;
     q2 += d2 * d2;
     q3 += d3 * d3;
+    r0 += d0 + d1;
+    r1 += d2 + d3;
   }
   for (; i + L <= n; i += L) {
     const V d = Io<A>::load(x + i) - vmean;
     q0 += d * d;
+    r0 += d;
   }
   if (i < n) {
     const V d = mask_first<A>(load_n(x + i, n - i) - vmean, n - i);
     q1 += d * d;
+    r1 += d;
   }
-  *mean_out = mean;
-  *m2_out = reduce_lanes((q0 + q1) + (q2 + q3));
+  const A residual = reduce_lanes(r0 + r1);
+  *mean_out = mean + residual / static_cast<A>(n);
+  *m2_out = reduce_lanes((q0 + q1) + (q2 + q3)) - residual * residual / static_cast<A>(n);
 }
 
 template <typename T>
@@ -411,26 +418,30 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
       mean_c[g * D + d] = mean_g[g];
     }
   }
+  // Second pass, corrected as in two_pass_stats: per channel squared deviations and their sum.
+  acc_t* col_residual = scratch + 2 * C;
   for (int64_t c = 0; c < C; c += L) {
     const vacc<T> m = load_acc(mean_c, c, C);
-    vacc<T> q{};
+    vacc<T> q{}, res{};
     for (int64_t r = 0; r < rows; ++r) {
       const vacc<T> d = load_c(x + r * C, c, C) - m;
       q += d * d;
+      res += d;
     }
     store_acc(col, q, c, C);  // padded lanes hold (0 - 0)^2 = 0 and are not stored
+    store_acc(col_residual, res, c, C);
   }
   for (int64_t g = 0; g < G; ++g) {
-    acc_t q = 0;
+    acc_t q = 0, res = 0;
     for (int64_t d = 0; d < D; ++d) {
       q += col[g * D + d];
+      res += col_residual[g * D + d];
     }
-    m2_g[g] = q;
+    mean_g[g] += res / count;
+    m2_g[g] = q - res * res / count;
   }
 }
 
-// NB: channel blocks outer, rows inner: the per-channel coefficients stay in registers and a
-// chunk of rows is small enough to stay in L1/L2 across the channel blocks.
 template <typename T>
 void normalize_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
                   const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
