@@ -191,6 +191,7 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const int64_t C = s.C, G = s.G, D = C / G;
+  const int64_t Cp = cpu::padded_channels(C);  // per-channel arrays, one per sample, are padded
   const int64_t R = channels_last_chunk_rows(C);
   const int64_t nchunk = ceil_div(s.HxW, R);
   const int64_t tasks = s.N * nchunk;
@@ -199,7 +200,7 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
   // 1. per chunk and group: mean and M2, laid out [task][mean G | m2 G]
   std::vector<acc_t> partial(tasks * 2 * G);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(3 * C);
+    std::vector<acc_t> scratch(3 * Cp);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nchunk, j = t % nchunk;
       k.chunk_stats_cl(x + (n * s.HxW + j * R) * C, rows_of(j), C, D, scratch.data(),
@@ -219,21 +220,21 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
     }
   });
   // 3. per channel coefficients, then apply chunk by chunk (the same chunks per thread as step 1)
-  std::vector<acc_t> mean_c(s.N * C), scale_c(s.N * C), bias_c(s.N * C);
+  std::vector<acc_t> mean_c(s.N * Cp), scale_c(s.N * Cp), bias_c(s.N * Cp);
   for (int64_t n = 0; n < s.N; ++n) {
     for (int64_t c = 0; c < C; ++c) {
       const int64_t ng = n * G + c / D;
-      mean_c[n * C + c] = mean[ng];
-      scale_c[n * C + c] = rstd[ng] * p.weight(c);
-      bias_c[n * C + c] = p.bias(c);
+      mean_c[n * Cp + c] = mean[ng];
+      scale_c[n * Cp + c] = rstd[ng] * p.weight(c);
+      bias_c[n * Cp + c] = p.bias(c);
     }
   }
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * s.HxW + j * R) * C;
-      k.normalize_cl(x + offset, y + offset, rows_of(j), C, &mean_c[n * C], &scale_c[n * C],
-                     &bias_c[n * C]);
+      k.normalize_cl(x + offset, y + offset, rows_of(j), C, &mean_c[n * Cp], &scale_c[n * Cp],
+                     &bias_c[n * Cp]);
     }
   });
 }
@@ -352,25 +353,26 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   const auto* x = reinterpret_cast<const T*>(X);
   auto* dx = reinterpret_cast<T*>(dX);
   const int64_t C = s.C, G = s.G, D = C / G, HxW = s.HxW;
+  const int64_t Cp = cpu::padded_channels(C);  // per-channel arrays, one per sample, are padded
   const int64_t R = channels_last_chunk_rows(C);
   const int64_t nchunk = ceil_div(HxW, R);
   const int64_t tasks = s.N * nchunk;
   auto rows_of = [&](int64_t j) { return std::min(R, HxW - j * R); };
 
-  std::vector<acc_t> mean_c(s.N * C), rstd_c(s.N * C);
+  std::vector<acc_t> mean_c(s.N * Cp), rstd_c(s.N * Cp);
   for (int64_t nc = 0; nc < s.N * C; ++nc) {
-    const int64_t ng = (nc / C) * G + (nc % C) / D;
-    mean_c[nc] = mean[ng];
-    rstd_c[nc] = rstd[ng];
+    const int64_t n = nc / C, c = nc % C, ng = n * G + c / D;
+    mean_c[n * Cp + c] = mean[ng];
+    rstd_c[n * Cp + c] = rstd[ng];
   }
-  // 1. per chunk, per channel: ds and db, laid out [task][ds C | db C]
-  std::vector<acc_t> partial(tasks * 2 * C);
+  // 1. per chunk, per channel: ds and db, laid out [task][ds Cp | db Cp]
+  std::vector<acc_t> partial(tasks * 2 * Cp);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * HxW + j * R) * C;
-      k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * C], &partial[t * 2 * C],
-                     &partial[t * 2 * C + C]);
+      k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
+                     &partial[t * 2 * Cp], &partial[t * 2 * Cp + Cp]);
     }
   });
   // 2. sum the chunks in order
@@ -380,9 +382,9 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       const int64_t n = nc / C, c = nc % C;
       acc_t sum_ds = 0, sum_db = 0;
       for (int64_t j = 0; j < nchunk; ++j) {
-        const acc_t* part = &partial[(n * nchunk + j) * 2 * C];
+        const acc_t* part = &partial[(n * nchunk + j) * 2 * Cp];
         sum_ds += part[c];
-        sum_db += part[C + c];
+        sum_db += part[Cp + c];
       }
       ds[nc] = sum_ds;
       db[nc] = sum_db;
@@ -390,7 +392,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   });
   // 3. per channel coefficients, then dx chunk by chunk
   if (dx != nullptr) {
-    std::vector<acc_t> a_c(s.N * C), b_c(s.N * C), k_c(s.N * C);
+    std::vector<acc_t> a_c(s.N * Cp), b_c(s.N * Cp), k_c(s.N * Cp);
     for (int64_t ng = 0; ng < s.N * G; ++ng) {
       const int64_t first = (ng / G) * C + (ng % G) * D;
       acc_t sum_gamma_ds = 0, sum_gamma_db = 0;
@@ -401,18 +403,19 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       }
       const GroupBackwardCoeffs<acc_t> q =
           group_backward_coeffs(sum_gamma_ds, sum_gamma_db, rstd[ng], D * HxW);
+      const int64_t padded_first = (ng / G) * Cp + (ng % G) * D;
       for (int64_t d = 0; d < D; ++d) {
-        a_c[first + d] = rstd[ng] * p.weight((ng % G) * D + d);
-        b_c[first + d] = q.xhat_coeff;
-        k_c[first + d] = q.bias;
+        a_c[padded_first + d] = rstd[ng] * p.weight((ng % G) * D + d);
+        b_c[padded_first + d] = q.xhat_coeff;
+        k_c[padded_first + d] = q.bias;
       }
     }
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / nchunk, j = t % nchunk;
         const int64_t offset = (n * HxW + j * R) * C;
-        k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * C],
-                        &mean_c[n * C], &rstd_c[n * C], &b_c[n * C], &k_c[n * C]);
+        k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
+                        &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
       }
     });
   }

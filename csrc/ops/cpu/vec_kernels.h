@@ -31,6 +31,12 @@ struct AccType<double> {
 template <typename T>
 using acc_type = typename AccType<T>::type;
 
+// Channels-last loops keep per-channel arrays (coefficients, accumulators) padded to a multiple
+// of 16 so whole vectors can be loaded from them: callers allocate padded_channels(C) entries.
+constexpr int64_t padded_channels(int64_t C) {
+  return (C + 15) / 16 * 16;
+}
+
 // Largest n chunk_stats accepts: 16 KB of fp32, so a chunk's passes run from L1.
 constexpr int64_t kMaxChunkElems = 4096;
 
@@ -45,10 +51,10 @@ struct VecKernels {
   // y = (x - mean) * scale + bias over n contiguous values.
   void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
   // Per-group mean and M2 (G = C / D groups of D adjacent channels) of a rows x C block;
-  // scratch holds 3 * C accumulators.
+  // scratch holds 3 * padded_channels(C) accumulators.
   void (*chunk_stats_cl)(const T* x, int64_t rows, int64_t C, int64_t D, acc_t* scratch,
                          acc_t* mean_g, acc_t* m2_g);
-  // y[r, c] = (x[r, c] - mean_c[c]) * scale_c[c] + bias_c[c].
+  // y[r, c] = (x[r, c] - mean_c[c]) * scale_c[c] + bias_c[c]. Per-channel arrays are padded.
   void (*normalize_cl)(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
                        const acc_t* scale_c, const acc_t* bias_c);
   // ds = sum dy * (x - mean), db = sum dy over n contiguous values.
@@ -56,7 +62,7 @@ struct VecKernels {
   // dx = a * dy + b * ((x - mean) * rstd) + c over n contiguous values.
   void (*grad_input)(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean, acc_t rstd,
                      acc_t b, acc_t c);
-  // Per-channel ds_c / db_c (overwritten) of a rows x C block.
+  // Per-channel ds_c / db_c (overwritten, padded) of a rows x C block.
   void (*grad_sums_cl)(const T* dy, const T* x, int64_t rows, int64_t C, const acc_t* mean_c,
                        acc_t* ds_c, acc_t* db_c);
   // dx[r, c] = a_c * dy + b_c * ((x - mean_c) * rstd_c) + c_c, per channel coefficients.

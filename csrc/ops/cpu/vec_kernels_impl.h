@@ -373,63 +373,93 @@ void grad_input(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_ty
 // ---------------------------------------------------------------------------------------------
 // Channels-last rows (NHWC, NDHWC): vectorized over channels, accumulated down the rows.
 
-template <typename T>
-inline vacc<T> load_c(const T* p, int64_t c, int64_t C) {
-  return c + kLanes<T> <= C ? Io<T>::load(p + c) : load_n(p + c, C - c);
+// NB: every channels-last loop walks the rows in memory order (rows outer, channels inner), so a
+// chunk streams from memory sequentially and the prefetchers keep up; the per-channel
+// accumulators and coefficients are small arrays that stay in L1.
+
+// acc[c] += f(c-block) over the C channels of one row, for full and partial vectors.
+template <typename T, typename F>
+inline void for_channel_blocks(int64_t C, F&& f) {
+  constexpr int L = kLanes<T>;
+  int64_t c = 0;
+  for (; c + L <= C; c += L) {
+    f(c, std::true_type{});
+  }
+  if (c < C) {
+    f(c, std::false_type{});
+  }
 }
 
+template <typename T, typename Full>
+inline vacc<T> load_x(const T* p, int64_t c, int64_t C, Full) {
+  if constexpr (Full::value) {
+    return Io<T>::load(p + c);
+  } else {
+    return load_n(p + c, C - c);
+  }
+}
+
+template <typename T, typename Full>
+inline void store_x(T* p, vacc<T> v, int64_t c, int64_t C, Full) {
+  if constexpr (Full::value) {
+    Io<T>::store(p + c, v);
+  } else {
+    store_n(p + c, v, C - c);
+  }
+}
+
+// In-L1 accumulator arrays are padded by the caller to a multiple of the vector width.
 template <typename A>
-inline typename Vec<A>::type load_acc(const A* p, int64_t c, int64_t C) {
-  typename Vec<A>::type v{};
-  const int64_t n = C - c < Vec<A>::size ? C - c : Vec<A>::size;
-  std::memcpy(&v, p + c, n * sizeof(A));
+inline typename Vec<A>::type load_acc(const A* p, int64_t c) {
+  typename Vec<A>::type v;
+  std::memcpy(&v, p + c, sizeof(v));
   return v;
 }
 
 template <typename A>
-inline void store_acc(A* p, typename Vec<A>::type v, int64_t c, int64_t C) {
-  const int64_t n = C - c < Vec<A>::size ? C - c : Vec<A>::size;
-  std::memcpy(p + c, &v, n * sizeof(A));
+inline void store_acc(A* p, typename Vec<A>::type v, int64_t c) {
+  std::memcpy(p + c, &v, sizeof(v));
 }
 
 template <typename T>
 void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>* scratch,
                     acc_type<T>* mean_g, acc_type<T>* m2_g) {
   using acc_t = acc_type<T>;
-  constexpr int L = kLanes<T>;
-  acc_t* col = scratch;       // per-channel column sums, then column sums of squares
-  acc_t* mean_c = scratch + C; // group mean broadcast to its channels
+  const int64_t Cp = padded_channels(C);
+  acc_t* col = scratch;                 // per-channel sums, then sums of squared deviations
+  acc_t* col_residual = scratch + Cp;   // per-channel sums of deviations
+  acc_t* mean_c = scratch + 2 * Cp;     // group mean broadcast to its channels
   const int64_t G = C / D;
   const acc_t count = static_cast<acc_t>(rows * D);
-  for (int64_t c = 0; c < C; c += L) {
-    vacc<T> s{};
-    for (int64_t r = 0; r < rows; ++r) {
-      s += load_c(x + r * C, c, C);
-    }
-    store_acc(col, s, c, C);
+  std::memset(col, 0, 2 * Cp * sizeof(acc_t));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      store_acc(col, load_acc(col, c) + load_x(xr, c, C, full), c);
+    });
   }
   for (int64_t g = 0; g < G; ++g) {
-    acc_t s = 0;
+    acc_t sum = 0;
     for (int64_t d = 0; d < D; ++d) {
-      s += col[g * D + d];
+      sum += col[g * D + d];
     }
-    mean_g[g] = s / count;
+    mean_g[g] = sum / count;
     for (int64_t d = 0; d < D; ++d) {
       mean_c[g * D + d] = mean_g[g];
     }
   }
-  // Second pass, corrected as in two_pass_stats: per channel squared deviations and their sum.
-  acc_t* col_residual = scratch + 2 * C;
-  for (int64_t c = 0; c < C; c += L) {
-    const vacc<T> m = load_acc(mean_c, c, C);
-    vacc<T> q{}, res{};
-    for (int64_t r = 0; r < rows; ++r) {
-      const vacc<T> d = load_c(x + r * C, c, C) - m;
-      q += d * d;
-      res += d;
-    }
-    store_acc(col, q, c, C);  // padded lanes hold (0 - 0)^2 = 0 and are not stored
-    store_acc(col_residual, res, c, C);
+  for (int64_t c = C; c < Cp; ++c) {
+    mean_c[c] = 0;
+  }
+  // Second pass, corrected as in two_pass_stats. Padded lanes load x = 0 and mean 0: they add 0.
+  std::memset(col, 0, Cp * sizeof(acc_t));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> d = load_x(xr, c, C, full) - load_acc(mean_c, c);
+      store_acc(col, load_acc(col, c) + d * d, c);
+      store_acc(col_residual, load_acc(col_residual, c) + d, c);
+    });
   }
   for (int64_t g = 0; g < G; ++g) {
     acc_t q = 0, res = 0;
@@ -445,36 +475,31 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
 template <typename T>
 void normalize_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
                   const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
-  constexpr int L = kLanes<T>;
-  for (int64_t c = 0; c < C; c += L) {
-    const vacc<T> m = load_acc(mean_c, c, C), s = load_acc(scale_c, c, C),
-                  b = load_acc(bias_c, c, C);
-    if (c + L <= C) {
-      for (int64_t r = 0; r < rows; ++r) {
-        Io<T>::store(y + r * C + c, (Io<T>::load(x + r * C + c) - m) * s + b);
-      }
-    } else {
-      for (int64_t r = 0; r < rows; ++r) {
-        store_n(y + r * C + c, (load_n(x + r * C + c, C - c) - m) * s + b, C - c);
-      }
-    }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> v = (load_x(xr, c, C, full) - load_acc(mean_c, c)) * load_acc(scale_c, c) +
+                        load_acc(bias_c, c);
+      store_x(yr, v, c, C, full);
+    });
   }
 }
 
 template <typename T>
 void grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const acc_type<T>* mean_c,
                   acc_type<T>* ds_c, acc_type<T>* db_c) {
-  constexpr int L = kLanes<T>;
-  for (int64_t c = 0; c < C; c += L) {
-    const vacc<T> m = load_acc(mean_c, c, C);
-    vacc<T> ds{}, db{};
-    for (int64_t r = 0; r < rows; ++r) {
-      const vacc<T> g = load_c(dy + r * C, c, C);
-      ds += g * (load_c(x + r * C, c, C) - m);
-      db += g;
-    }
-    store_acc(ds_c, ds, c, C);
-    store_acc(db_c, db, c, C);
+  std::memset(ds_c, 0, padded_channels(C) * sizeof(acc_type<T>));
+  std::memset(db_c, 0, padded_channels(C) * sizeof(acc_type<T>));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * C;
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      // padded dy lanes are zero, so the padded x lanes contribute nothing
+      const vacc<T> g = load_x(dyr, c, C, full);
+      store_acc(ds_c, load_acc(ds_c, c) + g * (load_x(xr, c, C, full) - load_acc(mean_c, c)), c);
+      store_acc(db_c, load_acc(db_c, c) + g, c);
+    });
   }
 }
 
@@ -482,23 +507,16 @@ template <typename T>
 void grad_input_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
                    const acc_type<T>* a_c, const acc_type<T>* mean_c, const acc_type<T>* rstd_c,
                    const acc_type<T>* b_c, const acc_type<T>* c_c) {
-  constexpr int L = kLanes<T>;
-  for (int64_t c = 0; c < C; c += L) {
-    const vacc<T> a = load_acc(a_c, c, C), m = load_acc(mean_c, c, C),
-                  rs = load_acc(rstd_c, c, C), b = load_acc(b_c, c, C), k = load_acc(c_c, c, C);
-    if (c + L <= C) {
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = r * C + c;
-        const vacc<T> xhat = (Io<T>::load(x + o) - m) * rs;
-        Io<T>::store(dx + o, a * Io<T>::load(dy + o) + b * xhat + k);
-      }
-    } else {
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t o = r * C + c;
-        const vacc<T> xhat = (load_n(x + o, C - c) - m) * rs;
-        store_n(dx + o, a * load_n(dy + o, C - c) + b * xhat + k, C - c);
-      }
-    }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * C;
+    const T* xr = x + r * C;
+    T* dxr = dx + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> xhat = (load_x(xr, c, C, full) - load_acc(mean_c, c)) * load_acc(rstd_c, c);
+      const vacc<T> v =
+          load_acc(a_c, c) * load_x(dyr, c, C, full) + load_acc(b_c, c) * xhat + load_acc(c_c, c);
+      store_x(dxr, v, c, C, full);
+    });
   }
 }
 

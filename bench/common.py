@@ -1,0 +1,146 @@
+"""Shared helpers for the normext benchmarks: allocator setup, machine info, timing, bandwidth.
+
+Only the standard library is imported at module level, so a script can call
+``ensure_tcmalloc()`` (which may re-exec the process) before paying for ``import torch``.
+"""
+
+import ctypes.util
+import math
+import os
+import platform
+import sys
+import time
+
+TCMALLOC_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+    "/usr/lib64/libtcmalloc_minimal.so.4",
+    "/usr/lib/libtcmalloc_minimal.so.4",
+)
+_REEXEC_MARK = "NORMEXT_BENCH_REEXEC"
+
+
+def _find_tcmalloc():
+    for path in TCMALLOC_CANDIDATES:
+        if os.path.exists(path):
+            return path
+    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+
+
+def _tcmalloc_loaded():
+    try:
+        with open("/proc/self/maps") as f:
+            return "tcmalloc" in f.read()
+    except OSError:
+        return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+
+
+def ensure_tcmalloc():
+    """Return a one-line description of the allocator, re-exec'ing under tcmalloc if possible.
+
+    NB: under glibc malloc every large output (> mmap threshold) is a fresh mmap, so each timed
+    call pays its page faults (~14 ms for 32 MB on the 2-core box), more than the kernel itself.
+    tcmalloc keeps freed pages, so repeated calls reuse warm memory, like a real training loop.
+    """
+    if _tcmalloc_loaded():
+        return "tcmalloc (preloaded)"
+    lib = _find_tcmalloc()
+    if lib and not os.environ.get(_REEXEC_MARK):
+        env = dict(os.environ)
+        env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
+        env[_REEXEC_MARK] = "1"
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+    msg = "glibc malloc — large tensors include page-fault time"
+    print("WARNING: allocator: " + msg + " (install libtcmalloc-minimal4)", file=sys.stderr)
+    return msg
+
+
+def l2_cache_bytes(default=2 << 20):
+    """Per-core L2 size from sysfs (e.g. '2048K'), else ``default``."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        return int(text.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        return default
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(allocator):
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "l2_bytes_per_core": l2_cache_bytes(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "allocator": allocator,
+        "python": platform.python_version(),
+    }
+
+
+def measure(fn, min_run_time=0.2):
+    """torch.utils.benchmark Measurement of ``fn()`` (blocked_autorange): use .median, .iqr.
+
+    NB: Timer defaults to num_threads=1; pass the process setting so the benchmark measures
+    what the user gets.
+    """
+    import torch
+    from torch.utils import benchmark
+
+    fn()  # warm-up: lazy init, compilation, allocator caches
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time)
+
+
+def measure_copy(x, min_run_time=0.2):
+    """Measurement of ``out.copy_(x)`` into a preallocated tensor of the same layout."""
+    import torch
+
+    out = torch.empty_like(x, memory_format=torch.preserve_format)
+    return measure(lambda: out.copy_(x), min_run_time)
+
+
+def cpu_snapshot():
+    """(wall s, CPU-busy s of the whole machine, CPU s of this process) for foreign_cpu()."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    own = os.times()
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def foreign_cpu(before, after):
+    """Share of the machine's CPU time used by other processes between two snapshots.
+
+    NB: the box is shared (builds, tests); their load inflates medians in steps of the
+    scheduler quantum, so every row reports it instead of silently printing bad numbers.
+    """
+    wall = after[0] - before[0]
+    other = (after[1] - before[1]) - (after[2] - before[2])
+    return max(other, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+
+
+def gbps(nbytes, seconds):
+    return nbytes / seconds / 1e9
+
+
+def geomean(values):
+    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))

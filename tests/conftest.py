@@ -1,0 +1,172 @@
+"""Shared pytest fixtures and helpers for normext tests.
+
+Every test that takes the ``device`` fixture runs on CPU and, when a GPU is present, on CUDA too
+(the CUDA parameter is reported as skipped on machines without one).
+"""
+
+import pytest
+import torch
+
+import normext  # noqa: F401  (loads the compiled library and registers the ops)
+
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+DEVICE_PARAMS = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available"),
+    ),
+]
+
+
+@pytest.fixture(params=DEVICE_PARAMS)
+def device(request):
+    return request.param
+
+
+def cuda_sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# Layout names used by the tests. "channels_last" means torch.channels_last for 4D inputs and
+# torch.channels_last_3d for 5D inputs; "strided" is a non-contiguous view (every other element of the
+# last dim); "permuted" is a view whose strides are in reverse order (no standard memory format).
+LAYOUTS = ("contiguous", "channels_last", "strided", "permuted")
+
+
+def layout_applies(layout, ndim):
+    if layout == "channels_last":
+        return ndim in (4, 5)
+    return True
+
+
+def memory_format_of(layout, ndim):
+    """The memory format torch gives the output of group_norm for an input in ``layout``."""
+    if layout == "channels_last":
+        return torch.channels_last if ndim == 4 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def to_layout(t, layout):
+    """Return a tensor with the values of ``t`` laid out as ``layout`` (a copy, never ``t`` itself)."""
+    if layout == "contiguous":
+        return t.clone(memory_format=torch.contiguous_format)
+    if layout == "channels_last":
+        if t.dim() == 4:
+            out = t.clone(memory_format=torch.channels_last)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            return out
+        if t.dim() == 5:
+            out = t.clone(memory_format=torch.channels_last_3d)
+            assert out.is_contiguous(memory_format=torch.channels_last_3d)
+            return out
+        raise ValueError(f"channels_last needs a 4D or 5D tensor, got {t.dim()}D")
+    if layout == "strided":
+        big_shape = list(t.shape)
+        big_shape[-1] *= 2
+        big = torch.full(big_shape, float("nan"), dtype=t.dtype, device=t.device)
+        view = big[..., ::2]
+        view.copy_(t)
+        assert not view.is_contiguous()
+        return view
+    if layout == "permuted":
+        dims = list(range(t.dim()))[::-1]
+        base = t.permute(dims).contiguous()  # reversed dims, contiguous
+        view = base.permute(dims)  # original shape, reversed strides
+        assert view.shape == t.shape
+        if t.numel() > 1 and t.dim() > 1 and sum(s > 1 for s in t.shape) > 1:
+            assert not view.is_contiguous()
+        return view
+    raise ValueError(layout)
+
+
+def make_input(shape, dtype=torch.float32, device="cpu", layout="contiguous", *, scale=1.0, shift=0.0,
+               generator=None, requires_grad=False):
+    """Random normal input of ``shape`` in ``layout`` (values drawn in float64, then rounded to dtype)."""
+    base = torch.randn(shape, dtype=torch.float64, generator=generator) * scale + shift
+    t = to_layout(base.to(dtype).to(device), layout)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def make_param(c, dtype=torch.float32, device="cpu", *, generator=None, requires_grad=False, kind="weight"):
+    """A random (non-trivial) weight around 1 or bias around 0, so a kernel that ignores it fails."""
+    t = torch.randn(c, dtype=torch.float64, generator=generator)
+    if kind == "weight":
+        t = 1.0 + 0.5 * t
+    else:
+        t = 0.5 * t
+    t = t.to(dtype).to(device)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def ulp_floor(dtype, ref):
+    """One ulp of ``dtype`` at the magnitude of ``ref`` (max abs, at least 1).
+
+    For float64 the reference *is* torch at float64, so torch's own error is 0 and the floor is the whole
+    tolerance: use 1e-12 relative (a few thousand ulps; any kernel bug is far above it).
+    """
+    mag = 1.0
+    if ref.numel():
+        m = ref.abs().max().item()
+        if m == m and m != float("inf"):
+            mag = max(mag, m)
+    if dtype == torch.float64:
+        return 1e-12 * mag
+    return torch.finfo(dtype).eps * mag
+
+
+def max_abs_err(a, ref):
+    if a.numel() == 0:
+        return 0.0
+    return (a.detach().double() - ref.detach().double()).abs().max().item()
+
+
+def assert_close_to_ref(ours, theirs, ref, dtype, what="", factor=2.0, floor_ulps=1.0):
+    """normext's error vs the float64 reference must be <= factor * torch's error + floor.
+
+    floor = floor_ulps ulps of ``dtype`` at the magnitude of the reference.
+    """
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    err_ours = max_abs_err(ours, ref)
+    err_torch = max_abs_err(theirs, ref)
+    floor = floor_ulps * ulp_floor(dtype, ref)
+    bound = factor * err_torch + floor
+    assert err_ours <= bound, (
+        f"{what}: normext max abs err {err_ours:.3e} > {factor}*torch err {err_torch:.3e} + floor {floor:.3e}"
+    )
+
+
+def assert_same_error(fn_ours, fn_torch, match_message=True):
+    """Both callables raise; same exception type and (by default) the same message text."""
+    with pytest.raises(Exception) as torch_exc:
+        fn_torch()
+    with pytest.raises(Exception) as our_exc:
+        fn_ours()
+    assert type(our_exc.value) is type(torch_exc.value), (
+        f"normext raised {type(our_exc.value).__name__}({our_exc.value}), "
+        f"torch raised {type(torch_exc.value).__name__}({torch_exc.value})"
+    )
+    if match_message:
+        ours = str(our_exc.value)
+        theirs = str(torch_exc.value)
+        assert ours == theirs, f"message differs:\n normext: {ours!r}\n torch:   {theirs!r}"
+    return our_exc.value, torch_exc.value
+
+
+@pytest.fixture
+def restore_num_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
