@@ -140,17 +140,38 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
                 rstd[group] * p.weight(c), p.bias(c));
   };
 
+  // Normalizes elements [begin, end) of a group, one channel row segment at a time.
+  auto normalize_span = [&](int64_t group, int64_t begin, int64_t end) {
+    const int64_t first_row = (group / s.G) * s.C + (group % s.G) * D;
+    while (begin < end) {
+      const int64_t d = begin / s.HxW, col = begin % s.HxW;
+      const int64_t stop = std::min(end, (d + 1) * s.HxW);
+      normalize_row(first_row + d, col, col + (stop - begin));
+      begin = stop;
+    }
+  };
+
   if (one_task_per_group(groups)) {
+    // NB: software pipelined: chunk j of the next group's statistics streams in from memory while
+    // chunk j of this group (still in cache) is normalized and written, so reads and writes flow
+    // together as in a copy instead of alternating in group-sized bursts.
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      WelfordStat<double> stat{0, 0, 0};
+      for (int64_t j = 0; j < nchunk; ++j) {
+        stat = welford_merge(stat, chunk_stat(begin, j));
+      }
+      finalize(begin, stat);
       for (int64_t group = begin; group < end; ++group) {
-        WelfordStat<double> stat{0, 0, 0};
+        const bool has_next = group + 1 < end;
+        WelfordStat<double> next{0, 0, 0};
         for (int64_t j = 0; j < nchunk; ++j) {
-          stat = welford_merge(stat, chunk_stat(group, j));
+          if (has_next) {
+            next = welford_merge(next, chunk_stat(group + 1, j));
+          }
+          normalize_span(group, j * kChunkElems, std::min(L, (j + 1) * kChunkElems));
         }
-        finalize(group, stat);
-        const int64_t first_row = (group / s.G) * s.C + (group % s.G) * D;
-        for (int64_t d = 0; d < D; ++d) {
-          normalize_row(first_row + d, 0, s.HxW);
+        if (has_next) {
+          finalize(group + 1, next);
         }
       }
     });
