@@ -227,7 +227,12 @@ def _extension(with_cuda):
         "normext._C",
         sources,
         include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx_flags + ["-DNORMEXT_WITH_CUDA"], "nvcc": nvcc_flags},
+        # NB: NVTX3 is header-only and ships with the toolkit: ranges named after each op show in
+        # nsys timelines (csrc/common/profiling.h); CPU-only builds compile them away.
+        extra_compile_args={
+            "cxx": cxx_flags + ["-DNORMEXT_WITH_CUDA", "-DNORMEXT_WITH_NVTX"],
+            "nvcc": nvcc_flags,
+        },
         extra_link_args=link_flags,
     )
 

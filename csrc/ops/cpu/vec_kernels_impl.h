@@ -236,35 +236,51 @@ inline vacc<T> splat(acc_type<T> s) {
 // ---------------------------------------------------------------------------------------------
 // Contiguous rows (NCHW and friends)
 
-// Mean and M2 of n <= kMaxChunkElems values in acc_t: two passes over data that sits in L1.
-// `ahead` (may be null) is where the caller reads next: its first 16 KB are prefetched during the
-// second pass, which runs from L1 and leaves the memory system idle otherwise.
-template <typename A>
-void two_pass_stats(const A* x, int64_t n, const char* ahead, A* mean_out, A* m2_out) {
-  constexpr int L = Vec<A>::size;
-  using V = typename Vec<A>::type;
+// First pass of the chunk statistics: the sum of n values of T, in acc_t. With kWiden, the values
+// are also stored widened to acc_t in `widened`, so the second pass converts nothing.
+template <bool kWiden, typename T>
+acc_type<T> sum_values(const T* x, int64_t n, acc_type<T>* widened) {
+  using A = acc_type<T>;
+  constexpr int L = kLanes<T>;
   // NB: four accumulators hide the add latency; their order is fixed, so the sum is deterministic.
-  V s0{}, s1{}, s2{}, s3{};
+  vacc<T> s0{}, s1{}, s2{}, s3{};
+  auto take = [&](vacc<T>& acc, int64_t at, vacc<T> v) {
+    acc += v;
+    if constexpr (kWiden) {
+      Io<A>::store(widened + at, v);
+    }
+  };
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
-    s0 += Io<A>::load(x + i);
-    s1 += Io<A>::load(x + i + L);
-    s2 += Io<A>::load(x + i + 2 * L);
-    s3 += Io<A>::load(x + i + 3 * L);
+    take(s0, i, Io<T>::load(x + i));
+    take(s1, i + L, Io<T>::load(x + i + L));
+    take(s2, i + 2 * L, Io<T>::load(x + i + 2 * L));
+    take(s3, i + 3 * L, Io<T>::load(x + i + 3 * L));
   }
   for (; i + L <= n; i += L) {
-    s0 += Io<A>::load(x + i);
+    take(s0, i, Io<T>::load(x + i));
   }
   if (i < n) {
-    s1 += load_n(x + i, n - i);
+    const vacc<T> v = load_n(x + i, n - i);
+    s1 += v;
+    if constexpr (kWiden) {
+      store_n(widened + i, v, n - i);
+    }
   }
-  const A mean = reduce_lanes((s0 + s1) + (s2 + s3)) / static_cast<A>(n);
-  // Second pass: squared deviations from that mean, plus their plain sum r, which corrects the
-  // rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub and LeVeque):
-  // mean += r / n, M2 -= r^2 / n.
+  return reduce_lanes((s0 + s1) + (s2 + s3));
+}
+
+// Second pass over n values already in L1: squared deviations from `mean`, plus their plain sum r,
+// which corrects the rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub
+// and LeVeque): mean += r / n, M2 -= r^2 / n. `ahead` (may be null) is where the caller reads
+// next: its first 16 KB are prefetched meanwhile, since this pass leaves memory idle otherwise.
+template <typename A>
+void centered_stats(const A* x, int64_t n, A mean, const char* ahead, A* mean_out, A* m2_out) {
+  constexpr int L = Vec<A>::size;
+  using V = typename Vec<A>::type;
   const V vmean = V{} + mean;
   V q0{}, q1{}, q2{}, q3{}, r0{}, r1{};
-  i = 0;
+  int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
     if (ahead != nullptr) {
       // NB: one 256-byte step of this loop prefetches 256 bytes ahead: 16 KB over a full chunk.
@@ -298,25 +314,20 @@ void two_pass_stats(const A* x, int64_t n, const char* ahead, A* mean_out, A* m2
   *m2_out = reduce_lanes((q0 + q1) + (q2 + q3)) - residual * residual / static_cast<A>(n);
 }
 
+// Mean and M2 of n <= kMaxChunkElems contiguous values: two passes over a chunk that sits in L1.
 template <typename T>
 void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_out) {
   using acc_t = acc_type<T>;
   // NB: prefetching never faults, so reading past the end of the tensor here is harmless.
   const char* ahead = reinterpret_cast<const char*>(x + n);  // the next chunk of a group
   if constexpr (std::is_same<T, acc_t>::value) {
-    two_pass_stats(x, n, ahead, mean_out, m2_out);
+    const acc_t mean = sum_values<false>(x, n, nullptr) / static_cast<acc_t>(n);
+    centered_stats(x, n, mean, ahead, mean_out, m2_out);
   } else {
-    // NB: bf16/fp16 are widened once into an L1 buffer, so the two passes convert nothing.
-    constexpr int L = kLanes<T>;
+    // NB: bf16/fp16 are widened once, by the first pass, into an L1 buffer.
     alignas(64) acc_t buf[kMaxChunkElems];
-    int64_t i = 0;
-    for (; i + L <= n; i += L) {
-      Io<acc_t>::store(buf + i, Io<T>::load(x + i));
-    }
-    if (i < n) {
-      store_n(buf + i, load_n(x + i, n - i), n - i);
-    }
-    two_pass_stats(buf, n, ahead, mean_out, m2_out);
+    const acc_t mean = sum_values<true>(x, n, buf) / static_cast<acc_t>(n);
+    centered_stats(buf, n, mean, ahead, mean_out, m2_out);
   }
 }
 
@@ -442,7 +453,18 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
   const int64_t G = C / D;
   const acc_t count = static_cast<acc_t>(rows * D);
   std::memset(col, 0, 2 * Cp * sizeof(acc_t));
-  for (int64_t r = 0; r < rows; ++r) {
+  // NB: four rows per update of the in-L1 accumulators: a load-add-store chain through memory per
+  // row would make small C latency bound.
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> s = (load_x(xr, c, C, full) + load_x(xr + C, c, C, full)) +
+                        (load_x(xr + 2 * C, c, C, full) + load_x(xr + 3 * C, c, C, full));
+      store_acc(col, load_acc(col, c) + s, c);
+    });
+  }
+  for (; r < rows; ++r) {
     const T* xr = x + r * C;
     for_channel_blocks<T>(C, [&](int64_t c, auto full) {
       store_acc(col, load_acc(col, c) + load_x(xr, c, C, full), c);
@@ -461,15 +483,26 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
   for (int64_t c = C; c < Cp; ++c) {
     mean_c[c] = 0;
   }
-  // Second pass, corrected as in two_pass_stats. Padded lanes load x = 0 and mean 0: they add 0.
-  // It runs from cache, so it also prefetches the next chunk (the rows that follow), row for row.
+  // Second pass, corrected as in centered_stats. Padded lanes load x = 0 and mean 0: they add 0.
+  // It runs from cache, so the next chunk (the rows that follow) is prefetched first.
   std::memset(col, 0, Cp * sizeof(acc_t));
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
   const char* ahead = reinterpret_cast<const char*>(x + rows * C);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < row_bytes; b += 64) {
-      __builtin_prefetch(ahead + r * row_bytes + b);
-    }
+  for (int64_t b = 0; b < rows * row_bytes; b += 64) {
+    __builtin_prefetch(ahead + b);
+  }
+  for (r = 0; r + 4 <= rows; r += 4) {
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> m = load_acc(mean_c, c);
+      const vacc<T> d0 = load_x(xr, c, C, full) - m, d1 = load_x(xr + C, c, C, full) - m,
+                    d2 = load_x(xr + 2 * C, c, C, full) - m,
+                    d3 = load_x(xr + 3 * C, c, C, full) - m;
+      store_acc(col, load_acc(col, c) + ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)), c);
+      store_acc(col_residual, load_acc(col_residual, c) + ((d0 + d1) + (d2 + d3)), c);
+    });
+  }
+  for (; r < rows; ++r) {
     const T* xr = x + r * C;
     for_channel_blocks<T>(C, [&](int64_t c, auto full) {
       const vacc<T> d = load_x(xr, c, C, full) - load_acc(mean_c, c);
@@ -507,11 +540,24 @@ void grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const acc_ty
                   acc_type<T>* ds_c, acc_type<T>* db_c) {
   std::memset(ds_c, 0, padded_channels(C) * sizeof(acc_type<T>));
   std::memset(db_c, 0, padded_channels(C) * sizeof(acc_type<T>));
-  for (int64_t r = 0; r < rows; ++r) {
+  // Padded dy lanes are zero, so the padded x lanes contribute nothing. Two rows per update of
+  // the in-L1 accumulators, as in chunk_stats_cl.
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
     const T* dyr = dy + r * C;
     const T* xr = x + r * C;
     for_channel_blocks<T>(C, [&](int64_t c, auto full) {
-      // padded dy lanes are zero, so the padded x lanes contribute nothing
+      const vacc<T> m = load_acc(mean_c, c);
+      const vacc<T> g0 = load_x(dyr, c, C, full), g1 = load_x(dyr + C, c, C, full);
+      const vacc<T> ds = g0 * (load_x(xr, c, C, full) - m) + g1 * (load_x(xr + C, c, C, full) - m);
+      store_acc(ds_c, load_acc(ds_c, c) + ds, c);
+      store_acc(db_c, load_acc(db_c, c) + (g0 + g1), c);
+    });
+  }
+  for (; r < rows; ++r) {
+    const T* dyr = dy + r * C;
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
       const vacc<T> g = load_x(dyr, c, C, full);
       store_acc(ds_c, load_acc(ds_c, c) + g * (load_x(xr, c, C, full) - load_acc(mean_c, c)), c);
       store_acc(db_c, load_acc(db_c, c) + g, c);
