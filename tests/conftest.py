@@ -6,6 +6,7 @@ Every test that takes the ``device`` fixture runs on CPU and, when a GPU is pres
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import normext  # noqa: F401  (loads the compiled library and registers the ops)
 
@@ -170,3 +171,15 @@ def restore_num_threads():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the names of the ops that reach the dispatcher (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

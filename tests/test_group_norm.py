@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import normext
 import normext.functional
 from conftest import (
+    OpRecorder,
     LAYOUTS,
     assert_close_to_ref,
     assert_same_error,
@@ -61,18 +61,6 @@ def assert_same_memory_format(ours, theirs):
         assert ours.is_contiguous(memory_format=fmt) == theirs.is_contiguous(memory_format=fmt), (
             f"memory format {fmt}: normext strides {ours.stride()}, torch strides {theirs.stride()}"
         )
-
-
-class OpRecorder(TorchDispatchMode):
-    """Records the names of the ops that reach the dispatcher (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -285,6 +285,23 @@ void param_grads(const GroupNormShape& s, const acc_t* ds, const acc_t* db, cons
   }
 }
 
+// The dx coefficients of group ng = n * G + g from the per-(n, c) sums ds and db (N x C).
+template <typename scalar_t, typename acc_t>
+GroupBackwardCoeffs<acc_t> group_coeffs(const GroupNormShape& s, Params<scalar_t, acc_t> p,
+                                        const acc_t* ds, const acc_t* db, const acc_t* rstd,
+                                        int64_t ng) {
+  const int64_t D = s.C / s.G;
+  const int64_t first_channel = (ng % s.G) * D;
+  const int64_t first = (ng / s.G) * s.C + first_channel;
+  acc_t sum_gamma_ds = 0, sum_gamma_db = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t w = p.weight(first_channel + d);
+    sum_gamma_ds += w * ds[first + d];
+    sum_gamma_db += w * db[first + d];
+  }
+  return group_backward_coeffs(sum_gamma_ds, sum_gamma_db, rstd[ng], D * s.HxW);
+}
+
 template <typename scalar_t>
 void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* X, scalar_t* dX,
                    Params<scalar_t, at::opmath_type<scalar_t>> p,
@@ -305,16 +322,6 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
     const int64_t group = (row / C) * G + (row % C) / D;
     k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
   };
-  auto group_coeffs = [&](int64_t group) {
-    const int64_t first_row = (group / G) * C + (group % G) * D;
-    acc_t sum_gamma_ds = 0, sum_gamma_db = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      const acc_t w = p.weight((group % G) * D + d);
-      sum_gamma_ds += w * ds[first_row + d];
-      sum_gamma_db += w * db[first_row + d];
-    }
-    coeffs[group] = group_backward_coeffs(sum_gamma_ds, sum_gamma_db, rstd[group], D * HxW);
-  };
   auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end) {
     const int64_t group = (row / C) * G + (row % C) / D;
     const GroupBackwardCoeffs<acc_t> q = coeffs[group];
@@ -331,7 +338,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
         for (int64_t d = 0; d < D; ++d) {
           row_sums(first_row + d);
         }
-        group_coeffs(group);
+        coeffs[group] = group_coeffs(s, p, ds.data(), db.data(), rstd, group);
         if (dx != nullptr) {
           for (int64_t d = 0; d < D; ++d) {
             grad_input_row(first_row + d, 0, HxW);
@@ -346,7 +353,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
       }
     });
     for (int64_t group = 0; group < groups; ++group) {
-      group_coeffs(group);
+      coeffs[group] = group_coeffs(s, p, ds.data(), db.data(), rstd, group);
     }
     if (dx != nullptr) {
       const int64_t row_blocks = ceil_div(HxW, kChunkElems);
@@ -415,15 +422,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   if (dx != nullptr) {
     std::vector<acc_t> a_c(s.N * Cp), b_c(s.N * Cp), k_c(s.N * Cp);
     for (int64_t ng = 0; ng < s.N * G; ++ng) {
-      const int64_t first = (ng / G) * C + (ng % G) * D;
-      acc_t sum_gamma_ds = 0, sum_gamma_db = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const acc_t w = p.weight((ng % G) * D + d);
-        sum_gamma_ds += w * ds[first + d];
-        sum_gamma_db += w * db[first + d];
-      }
-      const GroupBackwardCoeffs<acc_t> q =
-          group_backward_coeffs(sum_gamma_ds, sum_gamma_db, rstd[ng], D * HxW);
+      const GroupBackwardCoeffs<acc_t> q = group_coeffs(s, p, ds.data(), db.data(), rstd, ng);
       const int64_t padded_first = (ng / G) * Cp + (ng % G) * D;
       for (int64_t d = 0; d < D; ++d) {
         a_c[padded_first + d] = rstd[ng] * p.weight((ng % G) * D + d);
