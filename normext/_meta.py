@@ -31,9 +31,11 @@ def check_group_norm_args(input, weight, bias, num_groups: int) -> None:
             f"normext group_norm: not implemented for '{_c10_name(input.dtype)}' "
             "(expected float32, float64, bfloat16 or float16)"
         )
+    C = input.shape[1]
+    if C <= 0:
+        raise RuntimeError(f"Expected number of channels to be greater than 0, got {C}")
     if num_groups <= 0:
         raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
-    C = input.shape[1]
     if C % num_groups != 0:
         raise RuntimeError(
             "Expected number of channels in input to be divisible by num_groups, but got input "

@@ -731,6 +731,8 @@ def _err_cases(device):
         "one_value_per_group_2d": lambda gn: gn(torch.randn(1, 6, device=device), 6),
         "one_value_per_group_3d": lambda gn: gn(torch.randn(1, 6, 1, device=device), 6),
         "not_divisible_but_single_value": lambda gn: gn(torch.randn(1, 6, 1, 1, device=device), 4),
+        "zero_channels": lambda gn: gn(torch.randn(1, 0, 2, device=device), 1),
+        "zero_channels_negative_groups": lambda gn: gn(torch.randn(1, 0, 2, device=device), -1),
         "zero_spatial": lambda gn: gn(torch.randn(2, 6, 0, 3, device=device), 3),
         "zero_spatial_3d": lambda gn: gn(torch.randn(2, 6, 0, device=device), 3),
         "weight_on_meta": lambda gn: gn(x, 3, torch.randn(6, device="meta")),

@@ -51,8 +51,9 @@ void check_input(const at::Tensor& input, int64_t num_groups) {
   TORCH_CHECK_NOT_IMPLEMENTED(at::isFloatingType(input.scalar_type()),
                               "normext group_norm: not implemented for '",
                               input.scalar_type(), "' (expected float32, float64, bfloat16 or float16)");
-  TORCH_CHECK(num_groups > 0, "Expected num groups to be greater than 0, got ", num_groups);
   const int64_t C = input.size(1);
+  TORCH_CHECK(C > 0, "Expected number of channels to be greater than 0, got ", C);
+  TORCH_CHECK(num_groups > 0, "Expected num groups to be greater than 0, got ", num_groups);
   TORCH_CHECK(C % num_groups == 0,
               "Expected number of channels in input to be divisible by num_groups, but got input of "
               "shape ",
