@@ -2,8 +2,9 @@
 // loops themselves live in vec_kernels_impl.h.
 //
 // Statistics of a group are, by definition, the in-order Chan merge of fixed-size chunk statistics
-// (kChunkElems contiguous elements NCHW, kChunkRows positions channels-last). Tasks only decide who
-// computes a chunk, never how, so every result is bitwise identical for any thread count.
+// (kChunkElems contiguous elements NCHW, channels_last_chunk_rows(C) positions channels-last).
+// Tasks only decide who computes a chunk, never how, so every result is bitwise identical for any
+// thread count.
 #include <algorithm>
 #include <cmath>
 #include <vector>
