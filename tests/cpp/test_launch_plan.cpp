@@ -177,7 +177,8 @@ void check_channels_last_plan(const GroupNormPlan& plan, const char* what) {
          "%s: cl rows split", what);
   EXPECT(p.splits == 1 || p.rows_per_split >= kMinChannelsLastRows, "%s: cl split too small",
          what);
-  EXPECT(p.partials == p.N * p.splits * p.C, "%s: cl partials", what);
+  EXPECT(p.partials == p.N * p.splits * p.C && p.stat_partials == p.N * p.splits * p.G,
+         "%s: cl partials", what);
   check_grid_stride(p.blocks, p.grid, 1, what);
   auto check_block = [&](int64_t b) {
     const Range r = channels_last_block(p, b);
@@ -187,11 +188,39 @@ void check_channels_last_plan(const GroupNormPlan& plan, const char* what) {
            "%s: cl block %lld", what, (long long)b);
     EXPECT(channels_last_partial_index(p, r.segment, split, p.C - 1) < p.partials,
            "%s: cl partial index", what);
+    EXPECT(channels_last_stat_index(p, r.segment, split, p.G - 1) < p.stat_partials,
+           "%s: cl stat index", what);
   };
   for (int64_t b = 0; b < p.blocks; b += p.blocks > kEnumerateItems ? p.blocks / 4099 + 1 : 1) {
     check_block(b);
   }
   check_block(p.blocks - 1);
+  // Every (n, split, g) statistics partial and (n, split, c) sums partial written exactly once.
+  if (p.blocks * p.C <= kEnumerateItems) {
+    std::vector<uint8_t> stat_written(p.stat_partials, 0), sum_written(p.partials, 0);
+    int64_t out_of_range = 0;
+    for (int64_t b = 0; b < p.blocks; ++b) {
+      const Range r = channels_last_block(p, b);
+      const int64_t split = b - r.segment * p.splits;
+      for (int64_t g = 0; g < p.G; ++g) {
+        const int64_t i = channels_last_stat_index(p, r.segment, split, g);
+        i >= 0 && i < p.stat_partials ? ++stat_written[i] : ++out_of_range;
+      }
+      for (int64_t c = 0; c < p.C; ++c) {
+        const int64_t i = channels_last_partial_index(p, r.segment, split, c);
+        i >= 0 && i < p.partials ? ++sum_written[i] : ++out_of_range;
+      }
+    }
+    int64_t bad = 0;
+    for (uint8_t w : stat_written) {
+      bad += w != 1;
+    }
+    for (uint8_t w : sum_written) {
+      bad += w != 1;
+    }
+    EXPECT(out_of_range == 0 && bad == 0, "%s: cl partials: %lld out of range, %lld not written once",
+           what, (long long)out_of_range, (long long)bad);
+  }
   if (p.N * p.HxW * p.C <= kExhaustiveElems) {
     std::vector<uint8_t> seen(p.N * p.HxW * p.C, 0);
     for (int64_t b = 0; b < p.blocks; ++b) {
@@ -218,7 +247,8 @@ void check_partial_indices(const GroupNormPlan& plan, const char* what) {
   EXPECT(plan.stat_items_per_group >= 1 && plan.sum_items_per_channel >= 1, "%s: items", what);
   // Elements behind one group's partials.
   if (plan.channels_last) {
-    EXPECT(plan.stat_items_per_group == plan.cl.splits * plan.D, "%s: cl items", what);
+    EXPECT(plan.stat_items_per_group == plan.cl.splits && plan.cl.G == plan.G, "%s: cl items",
+           what);
   } else {
     EXPECT(plan.stats.length == plan.D * plan.HxW && plan.stats.segments == groups,
            "%s: stats segments", what);
@@ -273,8 +303,7 @@ void check_partial_indices(const GroupNormPlan& plan, const char* what) {
                (long long)ng, (long long)k);
       }
     }
-    EXPECT(stat_partial_index(plan, last_group, last_item) == plan.stat_partials - 1 ||
-               plan.channels_last,
+    EXPECT(stat_partial_index(plan, last_group, last_item) == plan.stat_partials - 1,
            "%s: last stat partial", what);
     const int64_t last_item_c = plan.sum_items_per_channel - 1;
     for (int64_t nc : {int64_t(0), rows / 2, rows - 1}) {

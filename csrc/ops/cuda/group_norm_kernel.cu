@@ -292,13 +292,18 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // Channels-last statistics: block (n, split) reduces its positions for 32 channels at a time
-// (lane = channel, warp = every 8th position), then merges the 8 warps in order per channel.
+// (lane = channel, warp = every 8th position), merges the 8 warps in order per channel, then the
+// channels of each group in channel order into one partial per (n, split, g).
+// NB: in a tile of 32 channels, each group's first lane merges that group's channels while the
+// other groups' first lanes do theirs; a group that runs past the tile carries its running
+// statistics over in shared memory to lane 0 of the next tile, so the order stays channel order.
 template <typename T>
 __global__ void __launch_bounds__(kBlockThreads)
-    channels_last_stats_kernel(const T* __restrict__ x, ChannelsLastReducePlan plan,
+    channels_last_stats_kernel(const T* __restrict__ x, ChannelsLastReducePlan plan, int64_t D,
                                WelfordStat<double>* __restrict__ partials) {
   using acc_t = acc_of<T>;
   __shared__ WelfordStat<double> smem[kBlockWarps][kWarpSize];
+  __shared__ WelfordStat<double> carry;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   for (int64_t b = blockIdx.x; b < plan.blocks; b += gridDim.x) {
@@ -315,12 +320,33 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
       smem[warp][lane] = widen(s);
       __syncthreads();
-      if (warp == 0 && c < plan.C) {
-        WelfordStat<double> merged = smem[0][lane];
+      if (warp == 0) {
+        WelfordStat<double> channel = smem[0][lane];
         for (int w = 1; w < kBlockWarps; ++w) {
-          merged = welford_merge(merged, smem[w][lane]);
+          channel = welford_merge(channel, smem[w][lane]);
         }
-        partials[channels_last_partial_index(plan, r.segment, split, c)] = merged;
+        smem[0][lane] = channel;
+        const bool group_head = c % D == 0;
+        // NB: read before the __syncwarp, written after it (by the tile's last group), so lane 0
+        // sees the previous tile's carry even when another lane writes this tile's.
+        const WelfordStat<double> carried =
+            group_head ? WelfordStat<double>{0.0, 0.0, 0} : carry;
+        __syncwarp();
+        if (c < plan.C && (group_head || lane == 0)) {
+          WelfordStat<double> group = carried;
+          int l = lane;
+          int64_t next = c;
+          do {
+            group = welford_merge(group, smem[0][l]);
+            ++l;
+            ++next;
+          } while (l < kWarpSize && next < plan.C && next % D != 0);
+          if (next % D == 0) {
+            partials[channels_last_stat_index(plan, r.segment, split, next / D - 1)] = group;
+          } else {
+            carry = group;  // the group goes on in the next tile
+          }
+        }
       }
       __syncthreads();
     }
@@ -695,7 +721,7 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
   auto* coeffs = static_cast<acc_t*>(a.channel_coeffs);
   if (plan.channels_last) {
     channels_last_stats_kernel<T>
-        <<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(x, plan.cl, partials);
+        <<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(x, plan.cl, plan.D, partials);
   } else if (plan.stats.team_warps == 1) {
     group_stats_kernel<T, 1>
         <<<grid_of(plan.stats.grid), kBlockThreads, 0, stream>>>(x, plan.stats, partials);

@@ -9,8 +9,10 @@
 //          backward sums:  a ReducePlan over the N*C channel rows (HxW elements each); one
 //                          (ds, db) partial per piece (row * splits + split).
 //   channels-last, both:   a ChannelsLastReducePlan: block (n, split) reduces rows
-//                          [split * rows_per_split, ...) of sample n for every channel; one partial
-//                          per (n, split, c), index (n * splits + split) * C + c.
+//                          [split * rows_per_split, ...) of sample n for every channel. Forward:
+//                          one WelfordStat<double> partial per (n, split, g), index
+//                          (n * splits + split) * G + g; backward: one (ds, db) partial per
+//                          (n, split, c), index (n * splits + split) * C + c.
 //   apply (y or dx):       an ApplyPlan over rows of contiguous elements (NCHW: the N*C channel
 //                          rows; channels-last: the N samples of HxW*C elements), in tiles.
 // Every grid is 1D and at most kMaxGridX blocks; kernels loop over their work items with a grid
@@ -116,31 +118,36 @@ NORMEXT_HOST_DEVICE Range reduce_piece(const ReducePlan& p, int64_t piece) {
 }
 
 // Channels-last reduction: block (n, split) covers positions [split * rows_per_split, ...) of
-// sample n, every channel; partial (n, split, c) sits at (n * splits + split) * C + c.
+// sample n, every channel. Statistics partial (n, split, g) sits at (n * splits + split) * G + g,
+// sums partial (n, split, c) at (n * splits + split) * C + c.
 struct ChannelsLastReducePlan {
   int64_t N;
   int64_t HxW;
   int64_t C;
+  int64_t G;
   int64_t splits;
   int64_t rows_per_split;
-  int64_t blocks;    // N * splits
-  int64_t partials;  // N * splits * C
+  int64_t blocks;        // N * splits
+  int64_t partials;      // N * splits * C: (ds, db) partials of the backward
+  int64_t stat_partials; // N * splits * G: statistics partials of the forward
   int64_t grid;
 };
 
 NORMEXT_HOST_DEVICE ChannelsLastReducePlan make_channels_last_reduce_plan(int64_t N, int64_t HxW,
-                                                                        int64_t C,
+                                                                        int64_t C, int64_t G,
                                                                         int64_t target_blocks) {
   ChannelsLastReducePlan p{};
   p.N = N;
   p.HxW = HxW;
   p.C = C;
+  p.G = G;
   const int64_t max_splits = HxW / kMinChannelsLastRows > 1 ? HxW / kMinChannelsLastRows : 1;
   const int64_t splits = clamp64(ceil_div(target_blocks, N), 1, max_splits);
   p.rows_per_split = ceil_div(HxW, splits);
   p.splits = ceil_div(HxW, p.rows_per_split);
   p.blocks = N * p.splits;
   p.partials = p.blocks * C;
+  p.stat_partials = p.blocks * G;
   p.grid = grid_for(p.blocks);
   return p;
 }
@@ -157,6 +164,11 @@ NORMEXT_HOST_DEVICE Range channels_last_block(const ChannelsLastReducePlan& p, i
 NORMEXT_HOST_DEVICE int64_t channels_last_partial_index(const ChannelsLastReducePlan& p, int64_t n,
                                                         int64_t split, int64_t c) {
   return (n * p.splits + split) * p.C + c;
+}
+
+NORMEXT_HOST_DEVICE int64_t channels_last_stat_index(const ChannelsLastReducePlan& p, int64_t n,
+                                                     int64_t split, int64_t g) {
+  return (n * p.splits + split) * p.G + g;
 }
 
 // Elementwise pass over `rows` rows of `row_len` contiguous elements. Long rows are cut into
@@ -256,10 +268,10 @@ NORMEXT_HOST_DEVICE GroupNormPlan make_group_norm_plan(int64_t N, int64_t C, int
   p.channels_last = channels_last;
   const int64_t target_blocks = (sm_count > 0 ? sm_count : 1) * kBlocksPerSm;
   if (channels_last) {
-    p.cl = make_channels_last_reduce_plan(N, HxW, C, target_blocks);
+    p.cl = make_channels_last_reduce_plan(N, HxW, C, G, target_blocks);
     p.apply = make_apply_plan(N, HxW * C);
-    p.stat_partials = p.cl.partials;
-    p.stat_items_per_group = p.cl.splits * p.D;
+    p.stat_partials = p.cl.stat_partials;
+    p.stat_items_per_group = p.cl.splits;
     p.sum_partials = p.cl.partials;
     p.sum_items_per_channel = p.cl.splits;
   } else {
@@ -277,17 +289,14 @@ NORMEXT_HOST_DEVICE GroupNormPlan make_group_norm_plan(int64_t N, int64_t C, int
   return p;
 }
 
-// Partial k (0 <= k < stat_items_per_group) of group ng = n * G + g, and how many elements it
-// holds. NB: the finalize merges k in increasing order (split-major, then channel), which fixes
-// the result bit for bit.
+// Partial k (0 <= k < stat_items_per_group: the split) of group ng = n * G + g.
+// NB: the finalize merges the k in a fixed order, which fixes the result bit for bit.
 NORMEXT_HOST_DEVICE int64_t stat_partial_index(const GroupNormPlan& p, int64_t ng, int64_t k) {
   if (!p.channels_last) {
     return ng * p.stats.splits + k;
   }
   const int64_t n = ng / p.G;
-  const int64_t g = ng - n * p.G;
-  const int64_t split = k / p.D;
-  return channels_last_partial_index(p.cl, n, split, g * p.D + (k - split * p.D));
+  return channels_last_stat_index(p.cl, n, k, ng - n * p.G);
 }
 
 // Partial k (0 <= k < sum_items_per_channel) of channel row nc = n * C + c.
