@@ -318,6 +318,8 @@ void check_partial_indices(const GroupNormPlan& plan, const char* what) {
   }
   EXPECT(grid_ok(plan.group_grid) && plan.group_grid * kBlockWarps >= groups, "%s: group grid",
          what);
+  EXPECT(grid_ok(plan.group_thread_grid) && plan.group_thread_grid * kBlockThreads >= groups,
+         "%s: group thread grid", what);
   EXPECT(grid_ok(plan.channel_grid) && plan.channel_grid * kBlockThreads >= rows,
          "%s: channel grid", what);
   EXPECT(grid_ok(plan.param_grid) && plan.param_grid * kBlockThreads >= plan.C, "%s: param grid",

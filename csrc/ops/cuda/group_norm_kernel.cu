@@ -2,8 +2,9 @@
 //
 // Deterministic without atomics: every reduction is cut into pieces by the plan (a function of the
 // shape and the SM count only), each piece is reduced in a fixed order (per-thread loops, then a
-// fixed shuffle tree, then warps in order) into its own partial, and partials are merged in index
-// order. The same input on the same device model gives the same bits on every run.
+// fixed shuffle tree, then warps in order) into its own partial, and partials are merged in a
+// fixed order. The same input on the same device model (SM count) gives the same bits on every
+// run.
 //
 // Forward:  stats (partial Welford per piece) -> finalize (merge per group in double, mean / rstd,
 //           per-(n, c) mean / scale / bias) -> apply  y = (x - mean) * scale + bias.
@@ -778,7 +779,7 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
   if (a.dx != nullptr) {
     auto* coeffs = static_cast<acc_t*>(a.dx_coeffs);
     group_backward_coeffs_kernel<acc_t>
-        <<<grid_of(grid_for(ceil_div(plan.N * plan.G, kBlockThreads))), kBlockThreads, 0, stream>>>(
+        <<<grid_of(plan.group_thread_grid), kBlockThreads, 0, stream>>>(
             plan, sums, mean, rstd, gamma, coeffs);
     NORMEXT_RETURN_IF_LAUNCH_FAILED();
     const BackwardApply<T> op{dy, x, static_cast<T*>(a.dx), coeffs, plan.N * plan.C};

@@ -252,6 +252,7 @@ struct GroupNormPlan {
   int64_t sum_partials;           // (ds, db) partials of the backward
   int64_t sum_items_per_channel;  // partials summed into one (n, c)
   int64_t group_grid;             // finalize: one warp per (n, g)
+  int64_t group_thread_grid;      // backward coefficients: one thread per (n, g)
   int64_t channel_grid;           // one thread per (n, c)
   int64_t param_grid;             // one thread per c
 };
@@ -284,6 +285,7 @@ NORMEXT_HOST_DEVICE GroupNormPlan make_group_norm_plan(int64_t N, int64_t C, int
     p.sum_items_per_channel = p.sums.splits;
   }
   p.group_grid = grid_for(ceil_div(N * G, kBlockWarps));
+  p.group_thread_grid = grid_for(ceil_div(N * G, kBlockThreads));
   p.channel_grid = grid_for(ceil_div(N * C, kBlockThreads));
   p.param_grid = grid_for(ceil_div(C, kBlockThreads));
   return p;
