@@ -74,8 +74,10 @@ void check_reduce_plan(int64_t segments, int64_t length, int64_t target, const c
          "%s: %lld splits of %lld for length %lld", what, (long long)p.splits,
          (long long)p.split_len, (long long)length);
   EXPECT(p.pieces == segments * p.splits, "%s: pieces", what);
-  EXPECT(p.team_warps * p.teams_per_block == kBlockWarps, "%s: teams", what);
-  EXPECT(p.team_warps == 1 || p.team_warps == kBlockWarps, "%s: team_warps", what);
+  EXPECT(p.team_threads * p.teams_per_block == kBlockThreads, "%s: teams", what);
+  EXPECT(p.team_threads == 1 || p.team_threads == kWarpSize || p.team_threads == kBlockThreads,
+         "%s: team_threads", what);
+  EXPECT(p.team_threads == kBlockThreads || p.splits == 1, "%s: only block teams split", what);
   EXPECT(p.splits == 1 || p.split_len % kSplitAlign == 0, "%s: split alignment", what);
   EXPECT(p.splits == 1 || p.split_len >= kMinSplitElems, "%s: split too small", what);
   EXPECT(grid_ok(p.grid), "%s: grid %lld", what, (long long)p.grid);

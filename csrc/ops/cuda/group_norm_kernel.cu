@@ -157,12 +157,15 @@ __device__ __forceinline__ void warp_sum_pair(acc_t& a, acc_t& b) {
   }
 }
 
-// Merge of a team's statistics (a warp, or the whole block), valid in the team's rank 0. A block
-// team calls it uniformly (it synchronizes the block).
-template <int kTeamWarps>
+// Merge of a team's statistics (one thread, a warp, or the whole block), valid in the team's
+// rank 0. A block team calls it uniformly (it synchronizes the block).
+template <int kTeam>
 __device__ __forceinline__ WelfordStat<double> team_merge_stat(WelfordStat<double> s,
                                                                WelfordStat<double>* smem) {
-  s = warp_merge_stat(s);
+  constexpr int kTeamWarps = kTeam / kWarpSize;
+  if constexpr (kTeam >= kWarpSize) {
+    s = warp_merge_stat(s);
+  }
   if constexpr (kTeamWarps > 1) {
     const int warp = threadIdx.x / kWarpSize;
     if (threadIdx.x % kWarpSize == 0) {
@@ -179,9 +182,12 @@ __device__ __forceinline__ WelfordStat<double> team_merge_stat(WelfordStat<doubl
   return s;
 }
 
-template <int kTeamWarps, typename acc_t>
+template <int kTeam, typename acc_t>
 __device__ __forceinline__ void team_sum_pair(acc_t& a, acc_t& b, acc_t* smem) {
-  warp_sum_pair(a, b);
+  constexpr int kTeamWarps = kTeam / kWarpSize;
+  if constexpr (kTeam >= kWarpSize) {
+    warp_sum_pair(a, b);
+  }
   if constexpr (kTeamWarps > 1) {
     const int warp = threadIdx.x / kWarpSize;
     if (threadIdx.x % kWarpSize == 0) {
@@ -202,13 +208,12 @@ __device__ __forceinline__ void team_sum_pair(acc_t& a, acc_t& b, acc_t* smem) {
 // NCHW statistics: one partial per piece of a group (D * HxW contiguous elements).
 // NB: each thread folds a whole 16-byte vector into its running statistics with one Chan merge
 // (one division per vector, not per element), accumulating in acc_t; teams merge in double.
-template <typename T, int kTeamWarps>
+template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     group_stats_kernel(const T* __restrict__ x, ReducePlan plan,
                        WelfordStat<double>* __restrict__ partials) {
   using acc_t = acc_of<T>;
-  constexpr int kTeam = kTeamWarps * kWarpSize;
-  constexpr int kTeamsPerBlock = kBlockWarps / kTeamWarps;
+  constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
   constexpr int V = kVec<T>;
   __shared__ WelfordStat<double> smem[kBlockWarps];
   const int rank = threadIdx.x % kTeam;
@@ -238,7 +243,7 @@ __global__ void __launch_bounds__(kBlockThreads)
           }
           s = welford_merge(s, WelfordStat<acc_t>{mean, m2, V});
         });
-    const WelfordStat<double> merged = team_merge_stat<kTeamWarps>(widen(s), smem);
+    const WelfordStat<double> merged = team_merge_stat<kTeam>(widen(s), smem);
     if (rank == 0) {
       partials[piece] = merged;
     }
@@ -246,14 +251,13 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // NCHW backward sums: one (ds, db) partial per piece of a channel row (HxW contiguous elements).
-template <typename T, int kTeamWarps>
+template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     grad_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                      const acc_of<T>* __restrict__ mean, ReducePlan plan, int64_t D,
                      acc_of<T>* __restrict__ partials) {
   using acc_t = acc_of<T>;
-  constexpr int kTeam = kTeamWarps * kWarpSize;
-  constexpr int kTeamsPerBlock = kBlockWarps / kTeamWarps;
+  constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
   constexpr int V = kVec<T>;
   __shared__ acc_t smem[2 * kBlockWarps];
   const int rank = threadIdx.x % kTeam;
@@ -284,7 +288,7 @@ __global__ void __launch_bounds__(kBlockThreads)
             db += g;
           }
         });
-    team_sum_pair<kTeamWarps>(ds, db, smem);
+    team_sum_pair<kTeam>(ds, db, smem);
     if (rank == 0) {
       partials[2 * piece] = ds;
       partials[2 * piece + 1] = db;
@@ -723,11 +727,14 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
   if (plan.channels_last) {
     channels_last_stats_kernel<T>
         <<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(x, plan.cl, plan.D, partials);
-  } else if (plan.stats.team_warps == 1) {
+  } else if (plan.stats.team_threads == 1) {
     group_stats_kernel<T, 1>
         <<<grid_of(plan.stats.grid), kBlockThreads, 0, stream>>>(x, plan.stats, partials);
+  } else if (plan.stats.team_threads == kWarpSize) {
+    group_stats_kernel<T, kWarpSize>
+        <<<grid_of(plan.stats.grid), kBlockThreads, 0, stream>>>(x, plan.stats, partials);
   } else {
-    group_stats_kernel<T, kBlockWarps>
+    group_stats_kernel<T, kBlockThreads>
         <<<grid_of(plan.stats.grid), kBlockThreads, 0, stream>>>(x, plan.stats, partials);
   }
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
@@ -760,11 +767,14 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
   if (plan.channels_last) {
     channels_last_grad_sums_kernel<T><<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(
         dy, x, mean, plan.cl, plan.G, plan.D, partials);
-  } else if (plan.sums.team_warps == 1) {
+  } else if (plan.sums.team_threads == 1) {
     grad_sums_kernel<T, 1><<<grid_of(plan.sums.grid), kBlockThreads, 0, stream>>>(
         dy, x, mean, plan.sums, plan.D, partials);
+  } else if (plan.sums.team_threads == kWarpSize) {
+    grad_sums_kernel<T, kWarpSize><<<grid_of(plan.sums.grid), kBlockThreads, 0, stream>>>(
+        dy, x, mean, plan.sums, plan.D, partials);
   } else {
-    grad_sums_kernel<T, kBlockWarps><<<grid_of(plan.sums.grid), kBlockThreads, 0, stream>>>(
+    grad_sums_kernel<T, kBlockThreads><<<grid_of(plan.sums.grid), kBlockThreads, 0, stream>>>(
         dy, x, mean, plan.sums, plan.D, partials);
   }
   NORMEXT_RETURN_IF_LAUNCH_FAILED();

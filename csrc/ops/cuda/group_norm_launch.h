@@ -34,8 +34,11 @@ constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
 // block count of the reductions is one full wave of the device.
 constexpr int64_t kBlocksPerSm = 8;
 // A group (or row) of at most this many elements is reduced by one warp, not a whole block, so
-// that many small groups do not each occupy a block of mostly idle threads.
+// that many small groups do not each occupy a block of mostly idle threads; one of at most
+// kThreadReduceMaxElems by a single thread (rows of HxW = 1..16, tiny groups), so that a warp is
+// not spent on one or two elements.
 constexpr int64_t kWarpReduceMaxElems = 2048;
+constexpr int64_t kThreadReduceMaxElems = 16;
 // A block reduces at least this many elements (64 per thread) before a group is split further:
 // smaller pieces cost more in partials and finalize merges than they gain in parallelism.
 constexpr int64_t kMinSplitElems = 16384;
@@ -65,7 +68,7 @@ NORMEXT_HOST_DEVICE int64_t grid_for(int64_t blocks) {
 
 // `segments` independent reductions over `length` contiguous elements each, each cut into
 // `splits` pieces of `split_len` elements (the last one shorter, none empty). A team of
-// `team_warps` warps (1, or kBlockWarps: the whole block) reduces one piece at a time; the block
+// `team_threads` threads (1, a warp, or the whole block) reduces one piece at a time; the block
 // b of the grid takes pieces b * teams_per_block + team, then strides by grid * teams_per_block.
 struct ReducePlan {
   int64_t segments;
@@ -73,7 +76,7 @@ struct ReducePlan {
   int64_t splits;
   int64_t split_len;
   int64_t pieces;  // segments * splits: also the number of partials
-  int team_warps;
+  int team_threads;
   int teams_per_block;
   int64_t grid;
 };
@@ -90,11 +93,11 @@ NORMEXT_HOST_DEVICE ReducePlan make_reduce_plan(int64_t segments, int64_t length
   p.segments = segments;
   p.length = length;
   if (length <= kWarpReduceMaxElems) {
-    p.team_warps = 1;
+    p.team_threads = length <= kThreadReduceMaxElems ? 1 : kWarpSize;
     p.splits = 1;
     p.split_len = length;
   } else {
-    p.team_warps = kBlockWarps;
+    p.team_threads = kBlockThreads;
     // NB: split only while N*G blocks would leave the device partly idle (batch 1, G=32, huge
     // HxW: 32 blocks on 132 SMs); never below kMinSplitElems per block.
     const int64_t max_splits = length / kMinSplitElems > 1 ? length / kMinSplitElems : 1;
@@ -104,7 +107,7 @@ NORMEXT_HOST_DEVICE ReducePlan make_reduce_plan(int64_t segments, int64_t length
     p.splits = ceil_div(length, p.split_len);
   }
   p.pieces = segments * p.splits;
-  p.teams_per_block = kBlockWarps / p.team_warps;
+  p.teams_per_block = kBlockThreads / p.team_threads;
   p.grid = grid_for(ceil_div(p.pieces, p.teams_per_block));
   return p;
 }
