@@ -318,8 +318,12 @@ void check_partial_indices(const GroupNormPlan& plan, const char* what) {
     EXPECT(sum_partial_index(plan, rows - 1, last_item_c) == plan.sum_partials - 1,
            "%s: last sum partial", what);
   }
-  EXPECT(grid_ok(plan.group_grid) && plan.group_grid * kBlockWarps >= groups, "%s: group grid",
-         what);
+  EXPECT(plan.finalize_team_threads == 1 || plan.finalize_team_threads == kWarpSize,
+         "%s: finalize team", what);
+  EXPECT(grid_ok(plan.group_grid) &&
+             plan.group_grid * (kBlockThreads / plan.finalize_team_threads) >= groups,
+         "%s: group grid", what);
+  check_grid_stride(groups, plan.group_grid, kBlockThreads / plan.finalize_team_threads, what);
   EXPECT(grid_ok(plan.group_thread_grid) && plan.group_thread_grid * kBlockThreads >= groups,
          "%s: group thread grid", what);
   EXPECT(grid_ok(plan.channel_grid) && plan.channel_grid * kBlockThreads >= rows,

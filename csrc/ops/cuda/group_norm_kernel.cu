@@ -416,37 +416,42 @@ __device__ __forceinline__ int64_t group_element_offset(const GroupNormPlan& p, 
   return (n * p.HxW + pos) * p.C + g * p.D + (k - pos * p.D);
 }
 
-// Sum over the warp, in a fixed tree, broadcast to every lane.
-__device__ __forceinline__ double warp_sum_all(double v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    v += __shfl_down_sync(kFullMask, v, offset);
+// Sum over a team (one thread or a warp), in a fixed tree, known to every member.
+template <int kTeam>
+__device__ __forceinline__ double team_sum_all(double v) {
+  if constexpr (kTeam > 1) {
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      v += __shfl_down_sync(kFullMask, v, offset);
+    }
+    v = __shfl_sync(kFullMask, v, 0);
   }
-  return __shfl_sync(kFullMask, v, 0);
+  return v;
 }
 
-// Exact statistics of a group in double by the whole warp: two passes over the data. Used only when
-// the fp32 accumulation overflowed (|x| ~ 1e19 and above), so a huge finite input still gets the
-// right answer instead of a silently wrong one.
-template <typename T>
+// Exact statistics of a group in double by the whole team: two passes over the data. Used only
+// when the fp32 accumulation overflowed (|x| ~ 1e19 and above), so a huge finite input still gets
+// the right answer instead of a silently wrong one.
+template <typename T, int kTeam>
 __device__ WelfordStat<double> exact_group_stats(const GroupNormPlan& p, const T* x, int64_t ng,
-                                                 int lane) {
+                                                 int rank) {
   const int64_t count = p.D * p.HxW;
   double sum = 0;
-  for (int64_t k = lane; k < count; k += kWarpSize) {
+  for (int64_t k = rank; k < count; k += kTeam) {
     sum += static_cast<double>(to_acc(x[group_element_offset(p, ng, k)]));
   }
-  const double mean = warp_sum_all(sum) / static_cast<double>(count);
+  const double mean = team_sum_all<kTeam>(sum) / static_cast<double>(count);
   double m2 = 0;
-  for (int64_t k = lane; k < count; k += kWarpSize) {
+  for (int64_t k = rank; k < count; k += kTeam) {
     const double d = static_cast<double>(to_acc(x[group_element_offset(p, ng, k)])) - mean;
     m2 += d * d;
   }
-  return {mean, warp_sum_all(m2), count};
+  return {mean, team_sum_all<kTeam>(m2), count};
 }
 
-// One warp per group (n, g): merge its partials in index order (lane-strided, then a fixed tree),
-// write mean / rstd, and the per-(n, c) mean, scale = rstd * gamma, bias = beta of its channels.
-template <typename T>
+// One team (a thread when a group has few partials, else a warp) per group (n, g): merge its
+// partials in a fixed order (team-strided, then a fixed tree), write mean / rstd, and the
+// per-(n, c) mean, scale = rstd * gamma, bias = beta of its channels.
+template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     group_finalize_kernel(GroupNormPlan plan, const WelfordStat<double>* __restrict__ partials,
                           const T* __restrict__ x, const acc_of<T>* __restrict__ gamma,
@@ -454,32 +459,35 @@ __global__ void __launch_bounds__(kBlockThreads)
                           acc_of<T>* __restrict__ mean, acc_of<T>* __restrict__ rstd,
                           acc_of<T>* __restrict__ coeffs) {
   using acc_t = acc_of<T>;
-  const int lane = threadIdx.x % kWarpSize;
+  constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
+  const int rank = threadIdx.x % kTeam;
   const int64_t groups = plan.N * plan.G;
   const int64_t NC = plan.N * plan.C;
-  for (int64_t ng = static_cast<int64_t>(blockIdx.x) * kBlockWarps + threadIdx.x / kWarpSize;
-       ng < groups; ng += static_cast<int64_t>(gridDim.x) * kBlockWarps) {
+  for (int64_t ng = static_cast<int64_t>(blockIdx.x) * kTeamsPerBlock + threadIdx.x / kTeam;
+       ng < groups; ng += static_cast<int64_t>(gridDim.x) * kTeamsPerBlock) {
     WelfordStat<double> s{0.0, 0.0, 0};
-    for (int64_t k = lane; k < plan.stat_items_per_group; k += kWarpSize) {
+    for (int64_t k = rank; k < plan.stat_items_per_group; k += kTeam) {
       s = welford_merge(s, partials[stat_partial_index(plan, ng, k)]);
     }
-    s = warp_merge_stat(s);
-    s = {__shfl_sync(kFullMask, s.mean, 0), __shfl_sync(kFullMask, s.m2, 0),
-         static_cast<int64_t>(__shfl_sync(kFullMask, static_cast<long long>(s.count), 0))};
-    // NB: warp-uniform branch (s is broadcast); double input accumulates in double throughout
+    if constexpr (kTeam > 1) {
+      s = warp_merge_stat(s);
+      s = {__shfl_sync(kFullMask, s.mean, 0), __shfl_sync(kFullMask, s.m2, 0),
+           static_cast<int64_t>(__shfl_sync(kFullMask, static_cast<long long>(s.count), 0))};
+    }
+    // NB: team-uniform branch (s is broadcast); double input accumulates in double throughout
     // and has nothing to recompute in.
     if (sizeof(acc_t) < sizeof(double) && welford_overflowed(s)) {
-      s = exact_group_stats(plan, x, ng, lane);
+      s = exact_group_stats<T, kTeam>(plan, x, ng, rank);
     }
     const acc_t m = static_cast<acc_t>(s.mean);
     const acc_t r = static_cast<acc_t>(welford_rstd(s, eps));
-    if (lane == 0) {
+    if (rank == 0) {
       mean[ng] = m;
       rstd[ng] = r;
     }
     const int64_t n = ng / plan.G;
     const int64_t g = ng - n * plan.G;
-    for (int64_t d = lane; d < plan.D; d += kWarpSize) {
+    for (int64_t d = rank; d < plan.D; d += kTeam) {
       const int64_t c = g * plan.D + d;
       const int64_t nc = n * plan.C + c;
       coeffs[nc] = m;
@@ -738,7 +746,9 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
         <<<grid_of(plan.stats.grid), kBlockThreads, 0, stream>>>(x, plan.stats, partials);
   }
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
-  group_finalize_kernel<T><<<grid_of(plan.group_grid), kBlockThreads, 0, stream>>>(
+  auto* finalize = plan.finalize_team_threads == 1 ? group_finalize_kernel<T, 1>
+                                                  : group_finalize_kernel<T, kWarpSize>;
+  finalize<<<grid_of(plan.group_grid), kBlockThreads, 0, stream>>>(
       plan, partials, x, static_cast<const acc_t*>(a.gamma), static_cast<const acc_t*>(a.beta),
       a.eps, static_cast<acc_t*>(a.mean), static_cast<acc_t*>(a.rstd), coeffs);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();

@@ -47,6 +47,9 @@ constexpr int64_t kSplitAlign = 64;
 // Channels-last reductions give a block at least this many positions (all channels of each), so the
 // per-(n, split, c) partials stay a few percent of the input.
 constexpr int64_t kMinChannelsLastRows = 256;
+// The forward finalize merges a group's partials with one thread when there are at most this many
+// (tiny groups, N * G in the millions: a warp each would mostly idle), else with a warp.
+constexpr int64_t kThreadFinalizeMaxItems = 16;
 // Elements per tile of the elementwise apply kernels (32 per thread).
 constexpr int64_t kApplyTileElems = 8192;
 
@@ -254,7 +257,8 @@ struct GroupNormPlan {
   int64_t stat_items_per_group;   // partials merged into one group's statistics
   int64_t sum_partials;           // (ds, db) partials of the backward
   int64_t sum_items_per_channel;  // partials summed into one (n, c)
-  int64_t group_grid;             // finalize: one warp per (n, g)
+  int finalize_team_threads;      // finalize: one thread or one warp per (n, g)
+  int64_t group_grid;             // finalize grid
   int64_t group_thread_grid;      // backward coefficients: one thread per (n, g)
   int64_t channel_grid;           // one thread per (n, c)
   int64_t param_grid;             // one thread per c
@@ -287,7 +291,8 @@ NORMEXT_HOST_DEVICE GroupNormPlan make_group_norm_plan(int64_t N, int64_t C, int
     p.sum_partials = p.sums.pieces;
     p.sum_items_per_channel = p.sums.splits;
   }
-  p.group_grid = grid_for(ceil_div(N * G, kBlockWarps));
+  p.finalize_team_threads = p.stat_items_per_group <= kThreadFinalizeMaxItems ? 1 : kWarpSize;
+  p.group_grid = grid_for(ceil_div(N * G, kBlockThreads / p.finalize_team_threads));
   p.group_thread_grid = grid_for(ceil_div(N * G, kBlockThreads));
   p.channel_grid = grid_for(ceil_div(N * C, kBlockThreads));
   p.param_grid = grid_for(ceil_div(C, kBlockThreads));
