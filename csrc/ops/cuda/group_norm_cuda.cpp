@@ -1,0 +1,135 @@
+// GroupNorm CUDA registration: the shared op layer (ops/group_norm.cpp: checks, layout choice,
+// allocation) with the CUDA kernels of group_norm_kernel.cu. This file turns tensors into raw
+// pointers, plans the launch for the current device, allocates the scratch buffers through the
+// caching allocator and enqueues the kernels on the current stream.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/profiling.h"
+#include "ops/cuda/group_norm_kernel.h"
+#include "ops/cuda/group_norm_launch.h"
+#include "ops/group_norm.h"
+
+namespace normext {
+namespace {
+
+cuda::ScalarKind scalar_kind_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return cuda::ScalarKind::Float;
+    case at::kDouble:
+      return cuda::ScalarKind::Double;
+    case at::kHalf:
+      return cuda::ScalarKind::Half;
+    case at::kBFloat16:
+      return cuda::ScalarKind::BFloat16;
+    default:
+      break;
+  }
+  // Unreachable: the op layer accepts floating dtypes only.
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "normext group_norm (CUDA): not implemented for '",
+                              t.scalar_type(), "'");
+  return cuda::ScalarKind::Float;
+}
+
+// NB: asked per call of the tensor's device (a cheap driver query), never cached for device 0.
+int64_t sm_count_of(const at::Tensor& t) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device()));
+  return sms;
+}
+
+cuda::GroupNormPlan plan_for(const GroupNormShape& s, const at::Tensor& X) {
+  return cuda::make_group_norm_plan(s.N, s.C, s.HxW, s.G, s.channels_last, sm_count_of(X));
+}
+
+const void* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+void* mutable_data_or_null(at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr() : nullptr;
+}
+
+void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& X,
+                                    const at::Tensor& gamma, const at::Tensor& beta, double eps,
+                                    at::Tensor& Y, at::Tensor& mean, at::Tensor& rstd) {
+  NORMEXT_RANGE("normext::group_norm_forward_cuda_kernel");
+  const c10::cuda::CUDAGuard guard(X.device());
+  const cuda::GroupNormPlan plan = plan_for(shape, X);
+  const auto acc_options = X.options().dtype(mean.scalar_type());
+  // Scratch through the caching allocator: no cudaMalloc per call, stream-ordered reuse.
+  at::Tensor stat_partials =
+      at::empty({plan.stat_partials * static_cast<int64_t>(cuda::kStatPartialBytes)},
+                X.options().dtype(at::kByte));
+  at::Tensor channel_coeffs = at::empty({3 * shape.N * shape.C}, acc_options);
+  cuda::ForwardArgs args{};
+  args.x = X.const_data_ptr();
+  args.y = Y.mutable_data_ptr();
+  args.gamma = data_or_null(gamma);
+  args.beta = data_or_null(beta);
+  args.mean = mean.mutable_data_ptr();
+  args.rstd = rstd.mutable_data_ptr();
+  args.stat_partials = stat_partials.mutable_data_ptr();
+  args.channel_coeffs = channel_coeffs.mutable_data_ptr();
+  args.eps = eps;
+  C10_CUDA_CHECK(cuda::launch_group_norm_forward(plan, scalar_kind_of(X), args,
+                                                 c10::cuda::getCurrentCUDAStream().stream()));
+}
+
+void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& dY,
+                                     const at::Tensor& X, const at::Tensor& mean,
+                                     const at::Tensor& rstd, const at::Tensor& gamma,
+                                     at::Tensor& dX, at::Tensor& dgamma, at::Tensor& dbeta) {
+  NORMEXT_RANGE("normext::group_norm_backward_cuda_kernel");
+  const c10::cuda::CUDAGuard guard(X.device());
+  const cuda::GroupNormPlan plan = plan_for(shape, X);
+  const auto acc_options = X.options().dtype(mean.scalar_type());
+  const int64_t NC = shape.N * shape.C;
+  at::Tensor sum_partials = at::empty({2 * plan.sum_partials}, acc_options);
+  at::Tensor channel_sums = at::empty({2 * NC}, acc_options);
+  at::Tensor dx_coeffs = dX.defined() ? at::empty({5 * NC}, acc_options) : at::Tensor();
+  cuda::BackwardArgs args{};
+  args.dy = dY.const_data_ptr();
+  args.x = X.const_data_ptr();
+  args.mean = mean.const_data_ptr();
+  args.rstd = rstd.const_data_ptr();
+  args.gamma = data_or_null(gamma);
+  args.dx = mutable_data_or_null(dX);
+  args.dgamma = mutable_data_or_null(dgamma);
+  args.dbeta = mutable_data_or_null(dbeta);
+  args.sum_partials = sum_partials.mutable_data_ptr();
+  args.channel_sums = channel_sums.mutable_data_ptr();
+  args.dx_coeffs = mutable_data_or_null(dx_coeffs);
+  C10_CUDA_CHECK(cuda::launch_group_norm_backward(plan, scalar_kind_of(X), args,
+                                                  c10::cuda::getCurrentCUDAStream().stream()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward_cuda(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
+  return group_norm_forward(input, weight, bias, num_groups, eps, group_norm_forward_cuda_kernel);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
+    std::array<bool, 3> output_mask) {
+  return group_norm_backward(grad_out, input, mean, rstd, weight, num_groups, output_mask,
+                             group_norm_backward_cuda_kernel);
+}
+
+} // namespace
+
+TORCH_LIBRARY_IMPL(normext, CUDA, m) {
+  m.impl("group_norm_forward", &group_norm_forward_cuda);
+  m.impl("group_norm_backward", &group_norm_backward_cuda);
+}
+
+} // namespace normext
