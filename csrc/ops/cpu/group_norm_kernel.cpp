@@ -241,7 +241,7 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
       finalize_group(stat, eps, X + n * s.HxW * C + g * D, s.HxW, C, D, mean + ng, rstd + ng);
     }
   });
-  // 3. per channel coefficients, then apply chunk by chunk (the same chunks per thread as step 1)
+  // 3. per channel coefficients, then apply chunk by chunk
   std::vector<acc_t> mean_c(s.N * Cp), scale_c(s.N * Cp), bias_c(s.N * Cp);
   for (int64_t n = 0; n < s.N; ++n) {
     for (int64_t c = 0; c < C; ++c) {
@@ -251,8 +251,10 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
       bias_c[n * Cp + c] = p.bias(c);
     }
   }
+  // NB: each thread gets the same range of chunks as in step 1 and walks it backwards, so the
+  // chunks it read last (still in its L2) are normalized first.
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
+    for (int64_t t = end - 1; t >= begin; --t) {
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * s.HxW + j * R) * C;
       k.normalize_cl(x + offset, y + offset, rows_of(j), C, &mean_c[n * Cp], &scale_c[n * Cp],
@@ -431,8 +433,9 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
         k_c[padded_first + d] = q.bias;
       }
     }
+    // Backwards over the same chunks as step 1, as in forward_channels_last.
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
+      for (int64_t t = end - 1; t >= begin; --t) {
         const int64_t n = t / nchunk, j = t % nchunk;
         const int64_t offset = (n * HxW + j * R) * C;
         k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
