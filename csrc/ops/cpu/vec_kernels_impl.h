@@ -272,9 +272,9 @@ acc_type<T> sum_values(const T* x, int64_t n, acc_type<T>* widened) {
 
 // Second pass over n values already in L1: squared deviations from `mean`, plus their plain sum r,
 // which corrects the rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub
-// and LeVeque): mean += r / n, M2 -= r^2 / n. `ahead` (may be null) is where the caller reads
-// next: its first 16 KB are prefetched meanwhile, since this pass leaves memory idle otherwise.
-template <typename A>
+// and LeVeque): mean += r / n, M2 -= r^2 / n. `ahead` is where the caller reads next: it is
+// prefetched meanwhile (prefetches never fault), since this pass leaves memory idle otherwise.
+template <int kAheadBytesPerStep, typename A>
 void centered_stats(const A* x, int64_t n, A mean, const char* ahead, A* mean_out, A* m2_out) {
   constexpr int L = Vec<A>::size;
   using V = typename Vec<A>::type;
@@ -282,11 +282,10 @@ void centered_stats(const A* x, int64_t n, A mean, const char* ahead, A* mean_ou
   V q0{}, q1{}, q2{}, q3{}, r0{}, r1{};
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
-    if (ahead != nullptr) {
-      // NB: one 256-byte step of this loop prefetches 256 bytes ahead: 16 KB over a full chunk.
-      for (int line = 0; line < 4; ++line) {
-        __builtin_prefetch(ahead + i / (4 * L) * 256 + line * 64);
-      }
+    // NB: each step of this loop prefetches as many bytes of the next chunk as the step covers of
+    // this one in the caller's dtype, so a full pass prefetches exactly the next chunk.
+    for (int b = 0; b < kAheadBytesPerStep; b += 64) {
+      __builtin_prefetch(ahead + i / (4 * L) * kAheadBytesPerStep + b);
     }
     const V d0 = Io<A>::load(x + i) - vmean;
     const V d1 = Io<A>::load(x + i + L) - vmean;
@@ -322,12 +321,12 @@ void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_o
   const char* ahead = reinterpret_cast<const char*>(x + n);  // the next chunk of a group
   if constexpr (std::is_same<T, acc_t>::value) {
     const acc_t mean = sum_values<false>(x, n, nullptr) / static_cast<acc_t>(n);
-    centered_stats(x, n, mean, ahead, mean_out, m2_out);
+    centered_stats<4 * kLanes<T> * sizeof(T)>(x, n, mean, ahead, mean_out, m2_out);
   } else {
     // NB: bf16/fp16 are widened once, by the first pass, into an L1 buffer.
     alignas(64) acc_t buf[kMaxChunkElems];
     const acc_t mean = sum_values<true>(x, n, buf) / static_cast<acc_t>(n);
-    centered_stats(buf, n, mean, ahead, mean_out, m2_out);
+    centered_stats<4 * kLanes<T> * sizeof(T)>(buf, n, mean, ahead, mean_out, m2_out);
   }
 }
 
