@@ -483,14 +483,14 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
     mean_c[c] = 0;
   }
   // Second pass, corrected as in centered_stats. Padded lanes load x = 0 and mean 0: they add 0.
-  // It runs from cache, so the next chunk (the rows that follow) is prefetched first.
+  // It runs from cache, so it prefetches the next chunk (the rows that follow) as it goes.
   std::memset(col, 0, Cp * sizeof(acc_t));
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
   const char* ahead = reinterpret_cast<const char*>(x + rows * C);
-  for (int64_t b = 0; b < rows * row_bytes; b += 64) {
-    __builtin_prefetch(ahead + b);
-  }
   for (r = 0; r + 4 <= rows; r += 4) {
+    for (int64_t b = 0; b < 4 * row_bytes; b += 64) {  // the next chunk's rows r .. r + 3
+      __builtin_prefetch(ahead + r * row_bytes + b);
+    }
     const T* xr = x + r * C;
     for_channel_blocks<T>(C, [&](int64_t c, auto full) {
       const vacc<T> m = load_acc(mean_c, c);
