@@ -175,27 +175,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
           or_empty(dbeta, param_options)};
 }
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward_cpu(
-    const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
-  return group_norm_forward(input, weight, bias, num_groups, eps, group_norm_forward_cpu_kernel);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
-    std::array<bool, 3> output_mask) {
-  return group_norm_backward(grad_out, input, mean, rstd, weight, num_groups, output_mask,
-                             group_norm_backward_cpu_kernel);
-}
-
-} // namespace
-
 TORCH_LIBRARY_IMPL(normext, CPU, m) {
-  m.impl("group_norm_forward", &group_norm_forward_cpu);
-  m.impl("group_norm_backward", &group_norm_backward_cpu);
+  m.impl("group_norm_forward", &group_norm_forward_on<group_norm_forward_cpu_kernel>);
+  m.impl("group_norm_backward", &group_norm_backward_on<group_norm_backward_cpu_kernel>);
 }
 
 } // namespace normext

@@ -47,6 +47,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
     const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
     std::array<bool, 3> output_mask, GroupNormBackwardKernel kernel);
 
+// The op for one device: its registration is `m.impl("group_norm_forward",
+// &group_norm_forward_on<device_kernel>)`, and likewise for the backward.
+template <GroupNormForwardKernel kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward_on(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
+  return group_norm_forward(input, weight, bias, num_groups, eps, kernel);
+}
+
+template <GroupNormBackwardKernel kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_on(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
+    std::array<bool, 3> output_mask) {
+  return group_norm_backward(grad_out, input, mean, rstd, weight, num_groups, output_mask,
+                             kernel);
+}
+
 void group_norm_forward_cpu_kernel(const GroupNormShape& shape, const at::Tensor& X,
                                    const at::Tensor& gamma, const at::Tensor& beta, double eps,
                                    at::Tensor& Y, at::Tensor& mean, at::Tensor& rstd);

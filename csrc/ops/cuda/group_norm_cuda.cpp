@@ -111,25 +111,11 @@ void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tens
                                                   c10::cuda::getCurrentCUDAStream().stream()));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward_cuda(
-    const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps) {
-  return group_norm_forward(input, weight, bias, num_groups, eps, group_norm_forward_cuda_kernel);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
-    std::array<bool, 3> output_mask) {
-  return group_norm_backward(grad_out, input, mean, rstd, weight, num_groups, output_mask,
-                             group_norm_backward_cuda_kernel);
-}
-
 } // namespace
 
 TORCH_LIBRARY_IMPL(normext, CUDA, m) {
-  m.impl("group_norm_forward", &group_norm_forward_cuda);
-  m.impl("group_norm_backward", &group_norm_backward_cuda);
+  m.impl("group_norm_forward", &group_norm_forward_on<group_norm_forward_cuda_kernel>);
+  m.impl("group_norm_backward", &group_norm_backward_on<group_norm_backward_cuda_kernel>);
 }
 
 } // namespace normext
