@@ -16,6 +16,19 @@
 
 namespace normext {
 
+// The accumulation type of a storage type, for every kernel on every device: double for double,
+// float for everything else (float, half, bfloat16 in whatever type the device code names them).
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_type = typename AccType<T>::type;
+
 // Count, mean and sum of squared deviations (M2) of a set of values.
 template <typename acc_t>
 struct WelfordStat {

@@ -115,7 +115,7 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
                   Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
                   at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
   using T = typename Storage<scalar_t>::type;
-  using acc_t = cpu::acc_type<T>;
+  using acc_t = acc_type<T>;
   static_assert(std::is_same<acc_t, at::opmath_type<scalar_t>>::value, "accumulation type");
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
   const auto* x = reinterpret_cast<const T*>(X);
@@ -208,7 +208,7 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
                            Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
                            at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
   using T = typename Storage<scalar_t>::type;
-  using acc_t = cpu::acc_type<T>;
+  using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
@@ -311,7 +311,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
                    const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* rstd,
                    at::Tensor& dgamma, at::Tensor& dbeta) {
   using T = typename Storage<scalar_t>::type;
-  using acc_t = cpu::acc_type<T>;
+  using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);
@@ -378,7 +378,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
                             const at::opmath_type<scalar_t>* rstd, at::Tensor& dgamma,
                             at::Tensor& dbeta) {
   using T = typename Storage<scalar_t>::type;
-  using acc_t = cpu::acc_type<T>;
+  using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "common/welford.h"
+
 namespace normext {
 namespace cpu {
 
@@ -19,17 +21,7 @@ struct fp16_t {
   uint16_t bits;
 };
 
-// Statistics accumulate in float for float/bf16/half and in double for double.
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_type = typename AccType<T>::type;
+// Statistics accumulate in normext::acc_type<T> (common/welford.h): float, double for double.
 
 // Channels-last loops keep per-channel arrays (coefficients, accumulators) padded to a multiple
 // of 16 so whole vectors can be loaded from them: callers allocate padded_channels(C) entries.

@@ -27,17 +27,6 @@ namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <typename T>
-using acc_of = typename AccOf<T>::type;
-
 __device__ __forceinline__ float to_acc(float v) {
   return v;
 }
@@ -52,7 +41,7 @@ __device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
 }
 
 template <typename T>
-__device__ __forceinline__ T from_acc(acc_of<T> v);
+__device__ __forceinline__ T from_acc(acc_type<T> v);
 template <>
 __device__ __forceinline__ float from_acc<float>(float v) {
   return v;
@@ -212,7 +201,7 @@ template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     group_stats_kernel(const T* __restrict__ x, ReducePlan plan,
                        WelfordStat<double>* __restrict__ partials) {
-  using acc_t = acc_of<T>;
+  using acc_t = acc_type<T>;
   constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
   constexpr int V = kVec<T>;
   __shared__ WelfordStat<double> smem[kBlockWarps];
@@ -254,9 +243,9 @@ __global__ void __launch_bounds__(kBlockThreads)
 template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     grad_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                     const acc_of<T>* __restrict__ mean, ReducePlan plan, int64_t D,
-                     acc_of<T>* __restrict__ partials) {
-  using acc_t = acc_of<T>;
+                     const acc_type<T>* __restrict__ mean, ReducePlan plan, int64_t D,
+                     acc_type<T>* __restrict__ partials) {
+  using acc_t = acc_type<T>;
   constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
   constexpr int V = kVec<T>;
   __shared__ acc_t smem[2 * kBlockWarps];
@@ -306,7 +295,7 @@ template <typename T>
 __global__ void __launch_bounds__(kBlockThreads)
     channels_last_stats_kernel(const T* __restrict__ x, ChannelsLastReducePlan plan, int64_t D,
                                WelfordStat<double>* __restrict__ partials) {
-  using acc_t = acc_of<T>;
+  using acc_t = acc_type<T>;
   __shared__ WelfordStat<double> smem[kBlockWarps][kWarpSize];
   __shared__ WelfordStat<double> carry;
   const int lane = threadIdx.x % kWarpSize;
@@ -362,9 +351,9 @@ __global__ void __launch_bounds__(kBlockThreads)
 template <typename T>
 __global__ void __launch_bounds__(kBlockThreads)
     channels_last_grad_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                   const acc_of<T>* __restrict__ mean, ChannelsLastReducePlan plan,
-                                   int64_t G, int64_t D, acc_of<T>* __restrict__ partials) {
-  using acc_t = acc_of<T>;
+                                   const acc_type<T>* __restrict__ mean, ChannelsLastReducePlan plan,
+                                   int64_t G, int64_t D, acc_type<T>* __restrict__ partials) {
+  using acc_t = acc_type<T>;
   __shared__ acc_t smem[kBlockWarps][2 * kWarpSize];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
@@ -454,11 +443,11 @@ __device__ WelfordStat<double> exact_group_stats(const GroupNormPlan& p, const T
 template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     group_finalize_kernel(GroupNormPlan plan, const WelfordStat<double>* __restrict__ partials,
-                          const T* __restrict__ x, const acc_of<T>* __restrict__ gamma,
-                          const acc_of<T>* __restrict__ beta, double eps,
-                          acc_of<T>* __restrict__ mean, acc_of<T>* __restrict__ rstd,
-                          acc_of<T>* __restrict__ coeffs) {
-  using acc_t = acc_of<T>;
+                          const T* __restrict__ x, const acc_type<T>* __restrict__ gamma,
+                          const acc_type<T>* __restrict__ beta, double eps,
+                          acc_type<T>* __restrict__ mean, acc_type<T>* __restrict__ rstd,
+                          acc_type<T>* __restrict__ coeffs) {
+  using acc_t = acc_type<T>;
   constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
   const int rank = threadIdx.x % kTeam;
   const int64_t groups = plan.N * plan.G;
@@ -504,7 +493,7 @@ __global__ void __launch_bounds__(kBlockThreads)
 template <typename T>
 struct ForwardApply {
   using scalar_t = T;
-  using acc_t = acc_of<T>;
+  using acc_t = acc_type<T>;
   const T* __restrict__ x;
   T* __restrict__ y;
   const acc_t* __restrict__ coeffs;  // [mean | scale | bias], NC each
@@ -538,7 +527,7 @@ struct ForwardApply {
 template <typename T>
 struct BackwardApply {
   using scalar_t = T;
-  using acc_t = acc_of<T>;
+  using acc_t = acc_type<T>;
   const T* __restrict__ dy;
   const T* __restrict__ x;
   T* __restrict__ dx;
@@ -728,7 +717,7 @@ dim3 grid_of(int64_t blocks) {
 
 template <typename T>
 cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_t stream) {
-  using acc_t = acc_of<T>;
+  using acc_t = acc_type<T>;
   const T* x = static_cast<const T*>(a.x);
   auto* partials = static_cast<WelfordStat<double>*>(a.stat_partials);
   auto* coeffs = static_cast<acc_t*>(a.channel_coeffs);
@@ -766,7 +755,7 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
 
 template <typename T>
 cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStream_t stream) {
-  using acc_t = acc_of<T>;
+  using acc_t = acc_type<T>;
   const T* dy = static_cast<const T*>(a.dy);
   const T* x = static_cast<const T*>(a.x);
   const auto* mean = static_cast<const acc_t*>(a.mean);
