@@ -61,6 +61,26 @@ struct VecKernels {
   void (*grad_input_cl)(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const acc_t* a_c,
                         const acc_t* mean_c, const acc_t* rstd_c, const acc_t* b_c,
                         const acc_t* c_c);
+
+  // ---- Row norms (LayerNorm, RMSNorm; ops/cpu/layer_norm_kernel.cpp) ----
+  // gamma / beta: per-element parameters of the row in acc_t, or nullptr (1 / 0).
+  // Sum of squares of n contiguous values (RMSNorm statistics).
+  acc_t (*sum_squares)(const T* x, int64_t n);
+  // s = x + r over n values, rounded to T as torch's x + r is (the fused residual add).
+  void (*add_rows)(const T* x, const T* r, T* s, int64_t n);
+  // y = (x - mean) * rstd * gamma[i] + beta[i] over n values.
+  void (*normalize_row)(const T* x, T* y, int64_t n, acc_t mean, acc_t rstd, const acc_t* gamma,
+                        const acc_t* beta);
+  // ds = sum g * dy * (x - mean), db = sum g * dy, g = gamma[i], over n values (gamma not null:
+  // a norm without weight passes a row of ones).
+  void (*row_grad_sums)(const T* dy, const T* x, const acc_t* gamma, int64_t n, acc_t mean,
+                        acc_t* ds, acc_t* db);
+  // xhat = (x - mean) * rstd; dx = rstd * g * dy + b * xhat + c (skipped when dx is null);
+  // dgamma_acc[i] += dy * xhat and dbeta_acc[i] += dy (both given, or both null and skipped).
+  // gamma is not null.
+  void (*row_grad_input)(const T* dy, const T* x, const acc_t* gamma, T* dx, int64_t n,
+                         acc_t mean, acc_t rstd, acc_t b, acc_t c, acc_t* dgamma_acc,
+                         acc_t* dbeta_acc);
 };
 
 struct VecKernelTable {

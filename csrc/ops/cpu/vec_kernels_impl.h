@@ -581,10 +581,182 @@ void grad_input_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Row norms (LayerNorm, RMSNorm): rows of n contiguous values with per-element parameters.
+
+// Per-element parameter vectors (acc_t arrays, not padded: the tail goes through load_n).
+template <typename A>
+inline typename Vec<A>::type load_param(const A* p, int64_t i) {
+  return Io<A>::load(p + i);
+}
+
+template <typename T>
+acc_type<T> sum_squares(const T* x, int64_t n) {
+  constexpr int L = kLanes<T>;
+  vacc<T> s0{}, s1{}, s2{}, s3{};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    const vacc<T> v0 = Io<T>::load(x + i), v1 = Io<T>::load(x + i + L),
+                  v2 = Io<T>::load(x + i + 2 * L), v3 = Io<T>::load(x + i + 3 * L);
+    s0 += v0 * v0;
+    s1 += v1 * v1;
+    s2 += v2 * v2;
+    s3 += v3 * v3;
+  }
+  for (; i + L <= n; i += L) {
+    const vacc<T> v = Io<T>::load(x + i);
+    s0 += v * v;
+  }
+  if (i < n) {
+    const vacc<T> v = load_n(x + i, n - i);  // zero-padded lanes add 0
+    s1 += v * v;
+  }
+  return reduce_lanes((s0 + s1) + (s2 + s3));
+}
+
+template <typename T>
+void add_rows(const T* x, const T* r, T* s, int64_t n) {
+  constexpr int L = kLanes<T>;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    Io<T>::store(s + i, Io<T>::load(x + i) + Io<T>::load(r + i));
+  }
+  if (i < n) {
+    store_n(s + i, load_n(x + i, n - i) + load_n(r + i, n - i), n - i);
+  }
+}
+
+template <bool kGamma, bool kBeta, typename T>
+void normalize_row_impl(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> rstd,
+                        const acc_type<T>* gamma, const acc_type<T>* beta) {
+  using A = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean), vrstd = splat<T>(rstd);
+  auto apply = [&](vacc<T> v, vacc<T> g, vacc<T> b) {
+    v = (v - vmean) * vrstd;
+    if constexpr (kGamma) {
+      v = v * g;
+    }
+    if constexpr (kBeta) {
+      v = v + b;
+    }
+    return v;
+  };
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> g = kGamma ? load_param(gamma, i) : vacc<T>{};
+    const vacc<T> b = kBeta ? load_param(beta, i) : vacc<T>{};
+    Io<T>::store(y + i, apply(Io<T>::load(x + i), g, b));
+  }
+  if (i < n) {
+    const vacc<T> g = kGamma ? load_n<A>(gamma + i, n - i) : vacc<T>{};
+    const vacc<T> b = kBeta ? load_n<A>(beta + i, n - i) : vacc<T>{};
+    store_n(y + i, apply(load_n(x + i, n - i), g, b), n - i);
+  }
+}
+
+template <typename T>
+void normalize_row(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> rstd,
+                   const acc_type<T>* gamma, const acc_type<T>* beta) {
+  if (gamma != nullptr && beta != nullptr) {
+    normalize_row_impl<true, true>(x, y, n, mean, rstd, gamma, beta);
+  } else if (gamma != nullptr) {
+    normalize_row_impl<true, false>(x, y, n, mean, rstd, gamma, beta);
+  } else if (beta != nullptr) {
+    normalize_row_impl<false, true>(x, y, n, mean, rstd, gamma, beta);
+  } else {
+    normalize_row_impl<false, false>(x, y, n, mean, rstd, gamma, beta);
+  }
+}
+
+// NB: gamma is never null here: the caller passes a row of ones for a norm without weight (it
+// stays in L1), which halves the number of instantiations.
+template <typename T>
+void row_grad_sums(const T* dy, const T* x, const acc_type<T>* gamma, int64_t n, acc_type<T> mean,
+                   acc_type<T>* ds_out, acc_type<T>* db_out) {
+  using A = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean);
+  vacc<T> ds0{}, ds1{}, db0{}, db1{};
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const vacc<T> g0 = Io<T>::load(dy + i) * load_param(gamma, i);
+    const vacc<T> g1 = Io<T>::load(dy + i + L) * load_param(gamma, i + L);
+    ds0 += g0 * (Io<T>::load(x + i) - vmean);
+    ds1 += g1 * (Io<T>::load(x + i + L) - vmean);
+    db0 += g0;
+    db1 += g1;
+  }
+  for (; i + L <= n; i += L) {
+    const vacc<T> g = Io<T>::load(dy + i) * load_param(gamma, i);
+    ds0 += g * (Io<T>::load(x + i) - vmean);
+    db0 += g;
+  }
+  if (i < n) {
+    // padded dy lanes are zero, so the padded x lanes contribute nothing
+    const vacc<T> g = load_n(dy + i, n - i) * load_n<A>(gamma + i, n - i);
+    ds1 += g * (load_n(x + i, n - i) - vmean);
+    db1 += g;
+  }
+  *ds_out = reduce_lanes(ds0 + ds1);
+  *db_out = reduce_lanes(db0 + db1);
+}
+
+template <bool kDx, bool kAcc, typename T>
+void row_grad_input_impl(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, int64_t n,
+                         acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c,
+                         acc_type<T>* dgamma_acc, acc_type<T>* dbeta_acc) {
+  using A = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean), vrstd = splat<T>(rstd), vb = splat<T>(b),
+                vc = splat<T>(c);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> g = Io<T>::load(dy + i);
+    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
+    if constexpr (kDx) {
+      Io<T>::store(dx + i, vrstd * load_param(gamma, i) * g + vb * xhat + vc);
+    }
+    if constexpr (kAcc) {
+      Io<A>::store(dgamma_acc + i, Io<A>::load(dgamma_acc + i) + g * xhat);
+      Io<A>::store(dbeta_acc + i, Io<A>::load(dbeta_acc + i) + g);
+    }
+  }
+  if (i < n) {
+    const int64_t m = n - i;
+    const vacc<T> g = load_n(dy + i, m);
+    const vacc<T> xhat = (load_n(x + i, m) - vmean) * vrstd;
+    if constexpr (kDx) {
+      store_n(dx + i, vrstd * load_n<A>(gamma + i, m) * g + vb * xhat + vc, m);
+    }
+    if constexpr (kAcc) {
+      store_n(dgamma_acc + i, load_n<A>(dgamma_acc + i, m) + g * xhat, m);
+      store_n(dbeta_acc + i, load_n<A>(dbeta_acc + i, m) + g, m);
+    }
+  }
+}
+
+template <typename T>
+void row_grad_input(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, int64_t n,
+                    acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c,
+                    acc_type<T>* dgamma_acc, acc_type<T>* dbeta_acc) {
+  const bool acc = dgamma_acc != nullptr;
+  if (dx != nullptr && acc) {
+    row_grad_input_impl<true, true>(dy, x, gamma, dx, n, mean, rstd, b, c, dgamma_acc, dbeta_acc);
+  } else if (dx != nullptr) {
+    row_grad_input_impl<true, false>(dy, x, gamma, dx, n, mean, rstd, b, c, dgamma_acc, dbeta_acc);
+  } else if (acc) {
+    row_grad_input_impl<false, true>(dy, x, gamma, dx, n, mean, rstd, b, c, dgamma_acc, dbeta_acc);
+  }
+}
+
 template <typename T>
 constexpr VecKernels<T> make_kernels() {
   return {&chunk_stats<T>,  &normalize<T>,  &chunk_stats_cl<T>, &normalize_cl<T>,
-          &grad_sums<T>,    &grad_input<T>, &grad_sums_cl<T>,   &grad_input_cl<T>};
+          &grad_sums<T>,    &grad_input<T>, &grad_sums_cl<T>,   &grad_input_cl<T>,
+          // row norms
+          &sum_squares<T>, &add_rows<T>, &normalize_row<T>, &row_grad_sums<T>,
+          &row_grad_input<T>};
 }
 
 } // namespace
