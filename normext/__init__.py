@@ -30,3 +30,8 @@ from normext.modules import GroupNorm  # noqa: E402
 from normext.convert import convert  # noqa: E402
 
 __all__ = ["functional", "GroupNorm", "convert"]
+
+# ---- Row norms (LayerNorm, RMSNorm) ----
+from normext.modules import LayerNorm, RMSNorm  # noqa: E402
+
+__all__ += ["LayerNorm", "RMSNorm"]

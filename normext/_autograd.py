@@ -116,3 +116,244 @@ torch.library.register_autograd(
     _group_norm_backward_backward,
     setup_context=_group_norm_backward_setup_context,
 )
+
+
+# ---- Row norms: LayerNorm, RMSNorm and the fused residual-add variants -------------------------
+
+
+def _row_dims(input, normalized_shape):
+    axis = input.dim() - len(normalized_shape)
+    return list(range(axis, input.dim())), list(range(axis))
+
+
+def _sum_over(t, dims):
+    # NB: Tensor.sum([]) would reduce every dim; no leading dims means nothing to reduce.
+    return t.sum(dims) if dims else t
+
+
+def rms_norm_eps(input, eps):
+    """torch.rms_norm's default: the machine epsilon of the accumulation dtype."""
+    return torch.finfo(acc_dtype(input.dtype)).eps if eps is None else eps
+
+
+def row_norm_stats_math(input, normalized_shape, eps, rms):
+    """(mean, rstd) of each row as differentiable torch ops, in the accumulation dtype."""
+    dims, _ = _row_dims(input, normalized_shape)
+    x = input.to(acc_dtype(input.dtype))
+    if rms:
+        return None, (x.square().mean(dims, keepdim=True) + eps).rsqrt()
+    return x.mean(dims, keepdim=True), (x.var(dims, unbiased=False, keepdim=True) + eps).rsqrt()
+
+
+def row_norm_backward_math(grad_y, input, normalized_shape, mean, rstd, weight, bias_dtype=None):
+    """(dx, dweight, dbias) of y = (x - mean) * rstd * weight + bias (mean None: RMSNorm), as
+    torch ops, differentiable in every tensor argument. dweight is None without a weight."""
+    dims, lead = _row_dims(input, normalized_shape)
+    acc = acc_dtype(input.dtype)
+    stat_shape = tuple(input.shape[: len(lead)]) + (1,) * len(dims)
+    x = input.to(acc)
+    rstd = rstd.to(acc).reshape(stat_shape)
+    xhat = x * rstd if mean is None else (x - mean.to(acc).reshape(stat_shape)) * rstd
+    dy = grad_y.to(acc)
+    g = dy if weight is None else dy * weight.to(acc)
+    proj = xhat * (g * xhat).mean(dims, keepdim=True)
+    dx = rstd * (g - proj if mean is None else g - g.mean(dims, keepdim=True) - proj)
+    dx = dx.to(input.dtype)
+    dweight = None if weight is None else _sum_over(dy * xhat, lead).to(weight.dtype)
+    dbias = _sum_over(dy, lead)
+    dbias = dbias.to(bias_dtype or (weight.dtype if weight is not None else acc))
+    return dx, dweight, dbias
+
+
+def _row_norm_input_grads(ctx, grad_y, input, weight, mean, rstd, needs):
+    """(dx, dweight, dbias) for the forward ops: the fused backward op, or the composite (with
+    statistics recomputed from the input) when the backward itself must be differentiable."""
+    need_input, need_weight, need_bias = needs
+    if torch.is_grad_enabled():
+        mean, rstd = row_norm_stats_math(input, ctx.normalized_shape, ctx.eps, ctx.rms)
+        return row_norm_backward_math(grad_y, input, ctx.normalized_shape, mean, rstd, weight,
+                                      ctx.bias_dtype)
+    if ctx.rms:
+        dx, dweight = torch.ops.normext.rms_norm_backward(
+            grad_y, input, ctx.normalized_shape, rstd, weight, [need_input, need_weight])
+        return dx, dweight, None
+    # NB: no bias argument: only its dtype would matter, and dbias is cast to it by the caller.
+    return torch.ops.normext.layer_norm_backward(
+        grad_y, input, ctx.normalized_shape, mean, rstd, weight, None,
+        [need_input, need_weight, need_bias])
+
+
+def _row_norm_setup(ctx, input, normalized_shape, weight, bias, eps, rms, mean, rstd):
+    ctx.normalized_shape = list(normalized_shape)
+    ctx.rms = rms
+    ctx.eps = rms_norm_eps(input, eps) if rms else eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.save_for_backward(input, weight, mean, rstd)
+
+
+def _row_norm_grads(ctx, grad_y, needs):
+    input, weight, mean, rstd = ctx.saved_tensors
+    need_input, need_weight, need_bias = needs
+    need_weight = need_weight and weight is not None
+    need_bias = need_bias and ctx.bias_dtype is not None
+    dx, dweight, dbias = _row_norm_input_grads(ctx, grad_y, input, weight, mean, rstd,
+                                               (need_input, need_weight, need_bias))
+    return (dx if need_input else None, dweight if need_weight else None,
+            dbias.to(ctx.bias_dtype) if need_bias else None)
+
+
+def _layer_norm_forward_setup_context(ctx, inputs, output):
+    input, normalized_shape, weight, bias, eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    _row_norm_setup(ctx, input, normalized_shape, weight, bias, eps, False, mean, rstd)
+
+
+def _layer_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
+    n = ctx.needs_input_grad
+    dx, dweight, dbias = _row_norm_grads(ctx, grad_y, (n[0], n[2], n[3]))
+    return dx, None, dweight, dbias, None
+
+
+torch.library.register_autograd(
+    "normext::layer_norm_forward",
+    _layer_norm_forward_backward,
+    setup_context=_layer_norm_forward_setup_context,
+)
+
+
+def _rms_norm_forward_setup_context(ctx, inputs, output):
+    input, normalized_shape, weight, eps = inputs
+    _, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    _row_norm_setup(ctx, input, normalized_shape, weight, None, eps, True, None, rstd)
+
+
+def _rms_norm_forward_backward(ctx, grad_y, grad_rstd):
+    needs = ctx.needs_input_grad
+    dx, dweight, _ = _row_norm_grads(ctx, grad_y, (needs[0], needs[2], False))
+    return dx, None, dweight, None
+
+
+torch.library.register_autograd(
+    "normext::rms_norm_forward",
+    _rms_norm_forward_backward,
+    setup_context=_rms_norm_forward_setup_context,
+)
+
+
+def _add_row_norm_grads(ctx, grad_y, grad_summed, needs):
+    """Gradients of (y, summed) = (norm(input + residual), input + residual): the norm's backward
+    on summed, plus summed's own gradient; input and residual get the same."""
+    need_sum = needs[0] or needs[1]
+    dsum, dweight, dbias = _row_norm_grads(ctx, grad_y, (need_sum, needs[2], needs[3]))
+    if need_sum and grad_summed is not None:
+        dsum = dsum + grad_summed
+    return (dsum if needs[0] else None, dsum if needs[1] else None, dweight, dbias)
+
+
+def _add_layer_norm_forward_setup_context(ctx, inputs, output):
+    input, residual, normalized_shape, weight, bias, eps = inputs
+    _, summed, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    _row_norm_setup(ctx, summed, normalized_shape, weight, bias, eps, False, mean, rstd)
+
+
+def _add_layer_norm_forward_backward(ctx, grad_y, grad_summed, grad_mean, grad_rstd):
+    needs = ctx.needs_input_grad
+    dinput, dresidual, dweight, dbias = _add_row_norm_grads(
+        ctx, grad_y, grad_summed, (needs[0], needs[1], needs[3], needs[4]))
+    return dinput, dresidual, None, dweight, dbias, None
+
+
+torch.library.register_autograd(
+    "normext::add_layer_norm_forward",
+    _add_layer_norm_forward_backward,
+    setup_context=_add_layer_norm_forward_setup_context,
+)
+
+
+def _add_rms_norm_forward_setup_context(ctx, inputs, output):
+    input, residual, normalized_shape, weight, eps = inputs
+    _, summed, rstd = output
+    ctx.mark_non_differentiable(rstd)
+    _row_norm_setup(ctx, summed, normalized_shape, weight, None, eps, True, None, rstd)
+
+
+def _add_rms_norm_forward_backward(ctx, grad_y, grad_summed, grad_rstd):
+    needs = ctx.needs_input_grad
+    dinput, dresidual, dweight, _ = _add_row_norm_grads(
+        ctx, grad_y, grad_summed, (needs[0], needs[1], needs[3], False))
+    return dinput, dresidual, None, dweight, None
+
+
+torch.library.register_autograd(
+    "normext::add_rms_norm_forward",
+    _add_rms_norm_forward_backward,
+    setup_context=_add_rms_norm_forward_setup_context,
+)
+
+
+# ---- layer_norm_backward / rms_norm_backward: differentiable through the composite ---------------
+
+
+def _row_norm_backward_backward(ctx, saved, needs, grads, rms):
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(saved, needs)]
+        grad_y, input, mean, rstd, weight = leaves
+        outs = row_norm_backward_math(grad_y, input, ctx.normalized_shape, None if rms else mean,
+                                      rstd, weight, ctx.bias_dtype)
+        pairs = [(o, g) for o, g, m in zip(outs, grads, ctx.output_mask)
+                 if m and o is not None and g is not None and g.numel() == o.numel()]
+        inputs = [t for t in leaves if t is not None and t.requires_grad]
+        result = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
+                                          allow_unused=True, materialize_grads=True)
+                      if pairs and inputs else [])
+    return [next(result) if t is not None and t.requires_grad else None for t in leaves]
+
+
+def _layer_norm_backward_setup_context(ctx, inputs, output):
+    grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = inputs
+    ctx.save_for_backward(grad_out, input, mean, rstd, weight)
+    ctx.normalized_shape = list(normalized_shape)
+    ctx.output_mask = list(output_mask)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _layer_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
+    n = ctx.needs_input_grad
+    g_out, g_in, g_mean, g_rstd, g_w = _row_norm_backward_backward(
+        ctx, ctx.saved_tensors, (n[0], n[1], n[3], n[4], n[5]),
+        (grad_dx, grad_dweight, grad_dbias), rms=False)
+    return g_out, g_in, None, g_mean, g_rstd, g_w, None, None
+
+
+torch.library.register_autograd(
+    "normext::layer_norm_backward",
+    _layer_norm_backward_backward,
+    setup_context=_layer_norm_backward_setup_context,
+)
+
+
+def _rms_norm_backward_setup_context(ctx, inputs, output):
+    grad_out, input, normalized_shape, rstd, weight, output_mask = inputs
+    ctx.save_for_backward(grad_out, input, None, rstd, weight)
+    ctx.normalized_shape = list(normalized_shape)
+    ctx.output_mask = list(output_mask)
+    ctx.bias_dtype = None
+
+
+def _rms_norm_backward_backward(ctx, grad_dx, grad_dweight):
+    n = ctx.needs_input_grad
+    g_out, g_in, _, g_rstd, g_w = _row_norm_backward_backward(
+        ctx, ctx.saved_tensors, (n[0], n[1], False, n[3], n[4]), (grad_dx, grad_dweight),
+        rms=True)
+    return g_out, g_in, None, g_rstd, g_w, None
+
+
+torch.library.register_autograd(
+    "normext::rms_norm_backward",
+    _rms_norm_backward_backward,
+    setup_context=_rms_norm_backward_setup_context,
+)

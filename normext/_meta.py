@@ -98,3 +98,150 @@ def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, o
     dweight = input.new_empty((C if output_mask[1] and weight is not None else 0,), dtype=param_dtype)
     dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
     return dx, dweight, dbias
+
+
+# ---- Row norms: LayerNorm, RMSNorm and the fused residual-add variants -------------------------
+
+_C10_FLOAT_NAMES = {torch.float16: "Half", torch.float32: "Float", torch.float64: "Double",
+                    torch.bfloat16: "BFloat16"}
+
+
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    return _C10_FLOAT_NAMES.get(dtype) or _c10_name(dtype)
+
+
+def check_row_norm_args(input, normalized_shape, weight, bias, rms: bool) -> None:
+    """The checks of csrc/ops/layer_norm.cpp (torch's _check_layer_norm_inputs /
+    _check_rms_norm_inputs, mixed dtypes, dtype), with the same messages."""
+    shape = list(normalized_shape)
+    nd = len(shape)
+    if nd < 1:
+        raise RuntimeError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least "
+            f"one element, but got normalized_shape = {shape}"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and list(p.shape) != shape:
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                f"{list(p.shape)} and normalized_shape = {shape}"
+            )
+    if rms and input.dim() < nd:
+        raise ValueError(f"Input tensor must have at least {nd} dimensions, but got {input.dim()}")
+    if input.dim() < nd or list(input.shape[input.dim() - nd:]) != shape:
+        dims = ", ".join(str(s) for s in shape)
+        raise RuntimeError(
+            f"Given normalized_shape={shape}, expected input with shape "
+            f"[*{dims if rms else ', ' + dims}], but got input of size{list(input.shape)}"
+        )
+    for p in (weight, bias):
+        if p is not None and p.device != input.device:
+            raise RuntimeError(
+                f"Tensor on device {p.device} is not on the expected device {input.device}!"
+            )
+    if not rms:
+        first = weight if weight is not None else bias
+        if first is not None and first.dtype != input.dtype:
+            for p in (weight, bias):
+                if p is not None and p.dtype != torch.float32:
+                    raise RuntimeError(
+                        "mixed dtype (CPU): expect parameter to have scalar type of Float")
+            if input.dtype not in _REDUCED:
+                raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+        elif first is not None and bias is not None and bias.dtype != input.dtype:
+            raise RuntimeError(
+                f"expected scalar type {_scalar_type_name(input.dtype)} but found "
+                f"{_scalar_type_name(bias.dtype)}"
+            )
+    if not input.dtype.is_floating_point:
+        op = "rms_norm" if rms else "layer_norm"
+        raise NotImplementedError(
+            f"normext {op}: not implemented for '{_c10_name(input.dtype)}' "
+            "(expected float32, float64, bfloat16 or float16)"
+        )
+
+
+def _check_residual(input, residual) -> None:
+    if residual.shape != input.shape:
+        raise RuntimeError(
+            f"Expected residual of shape {list(input.shape)} (the input's), but got "
+            f"{list(residual.shape)}"
+        )
+    if residual.dtype != input.dtype:
+        raise RuntimeError(
+            f"Expected residual of dtype {_scalar_type_name(input.dtype)} (the input's), but got "
+            f"{_scalar_type_name(residual.dtype)}"
+        )
+    if residual.device != input.device:
+        raise RuntimeError(
+            f"Tensor on device {residual.device} is not on the expected device {input.device}!"
+        )
+
+
+def row_norm_stat_shape(input, normalized_shape):
+    """Shape of mean / rstd: the input's leading dims, then a 1 per normalized dim (as ATen's)."""
+    axis = input.dim() - len(normalized_shape)
+    return tuple(input.shape[:axis]) + (1,) * len(normalized_shape)
+
+
+def _row_norm_forward_fake(input, residual, normalized_shape, weight, bias, rms):
+    check_row_norm_args(input, normalized_shape, weight, bias, rms)
+    if residual is not None:
+        _check_residual(input, residual)
+    y = torch.empty_like(input, memory_format=torch.contiguous_format)
+    stats = row_norm_stat_shape(input, normalized_shape)
+    acc = acc_dtype(input.dtype)
+    mean = None if rms else input.new_empty(stats, dtype=acc)
+    summed = None if residual is None else torch.empty_like(input, memory_format=torch.contiguous_format)
+    return y, summed, mean, input.new_empty(stats, dtype=acc)
+
+
+def _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, rms, mask):
+    check_row_norm_args(input, normalized_shape, weight, bias, rms)
+    acc = acc_dtype(input.dtype)
+    weight_dtype = weight.dtype if weight is not None else acc
+    bias_dtype = bias.dtype if bias is not None else weight_dtype
+    shape = list(normalized_shape)
+    dx = (torch.empty_like(input, memory_format=torch.contiguous_format) if mask[0]
+          else input.new_empty((0,)))
+    dweight = input.new_empty(shape if mask[1] and weight is not None else (0,), dtype=weight_dtype)
+    dbias = input.new_empty(shape if mask[2] else (0,), dtype=bias_dtype)
+    return dx, dweight, dbias
+
+
+@torch.library.register_fake("normext::layer_norm_forward")
+def _layer_norm_forward_fake(input, normalized_shape, weight, bias, eps):
+    y, _, mean, rstd = _row_norm_forward_fake(input, None, normalized_shape, weight, bias, False)
+    return y, mean, rstd
+
+
+@torch.library.register_fake("normext::layer_norm_backward")
+def _layer_norm_backward_fake(grad_out, input, normalized_shape, mean, rstd, weight, bias,
+                              output_mask):
+    return _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, False,
+                                   output_mask)
+
+
+@torch.library.register_fake("normext::rms_norm_forward")
+def _rms_norm_forward_fake(input, normalized_shape, weight, eps):
+    y, _, _, rstd = _row_norm_forward_fake(input, None, normalized_shape, weight, None, True)
+    return y, rstd
+
+
+@torch.library.register_fake("normext::rms_norm_backward")
+def _rms_norm_backward_fake(grad_out, input, normalized_shape, rstd, weight, output_mask):
+    dx, dweight, _ = _row_norm_backward_fake(grad_out, input, normalized_shape, weight, None, True,
+                                             list(output_mask) + [False])
+    return dx, dweight
+
+
+@torch.library.register_fake("normext::add_layer_norm_forward")
+def _add_layer_norm_forward_fake(input, residual, normalized_shape, weight, bias, eps):
+    return _row_norm_forward_fake(input, residual, normalized_shape, weight, bias, False)
+
+
+@torch.library.register_fake("normext::add_rms_norm_forward")
+def _add_rms_norm_forward_fake(input, residual, normalized_shape, weight, eps):
+    y, summed, _, rstd = _row_norm_forward_fake(input, residual, normalized_shape, weight, None,
+                                                True)
+    return y, summed, rstd

@@ -9,6 +9,11 @@ from normext.modules import GroupNorm
 # forward, and then it is not the module normext reimplements.
 _REPLACEMENTS = {nn.GroupNorm: GroupNorm}
 
+# ---- Row norms (LayerNorm, RMSNorm) ----
+from normext.modules import LayerNorm, RMSNorm  # noqa: E402
+
+_REPLACEMENTS.update({nn.LayerNorm: LayerNorm, nn.RMSNorm: RMSNorm})
+
 
 def _replace(module: nn.Module) -> nn.Module:
     """A normext module that shares everything with `module`: the same Parameter and buffer

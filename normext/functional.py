@@ -1,5 +1,5 @@
 """torch.nn.functional-compatible entry points: same signatures, results and errors."""
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -40,3 +40,96 @@ def group_norm(
         [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
     )
     return _group_norm_forward(input, weight, bias, num_groups, eps)[0]
+
+
+# ---- Row norms: LayerNorm, RMSNorm and the fused residual-add variants -------------------------
+
+_layer_norm_forward = torch.ops.normext.layer_norm_forward.default
+_rms_norm_forward = torch.ops.normext.rms_norm_forward.default
+_add_layer_norm_forward = torch.ops.normext.add_layer_norm_forward.default
+_add_rms_norm_forward = torch.ops.normext.add_rms_norm_forward.default
+
+
+def _normalized_shape(normalized_shape, fn: str, position: int) -> List[int]:
+    # torch's argument parser rejects a bare int here (nn.LayerNorm, not F.layer_norm, accepts one).
+    if isinstance(normalized_shape, (int, torch.SymInt)):
+        raise TypeError(
+            f"{fn}(): argument 'normalized_shape' (position {position}) must be tuple of ints, "
+            f"not {type(normalized_shape).__name__}"
+        )
+    return list(normalized_shape)
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: List[int],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Layer Normalization over the last dims, as torch.nn.functional.layer_norm."""
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(
+            layer_norm, (input, weight, bias), input, normalized_shape, weight=weight, bias=bias,
+            eps=eps,
+        )
+    shape = _normalized_shape(normalized_shape, "layer_norm", 2)
+    return _layer_norm_forward(input, shape, weight, bias, eps)[0]
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: List[int],
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+) -> Tensor:
+    """Root Mean Square Layer Normalization, as torch.nn.functional.rms_norm. eps=None is the
+    machine epsilon of the accumulation dtype (float32 for half/bfloat16), as torch's."""
+    if has_torch_function_variadic(input, weight):
+        return handle_torch_function(
+            rms_norm, (input, weight), input, normalized_shape, weight=weight, eps=eps
+        )
+    shape = _normalized_shape(normalized_shape, "rms_norm", 2)
+    if input.is_complex():
+        # torch's rms_norm also takes complex input; normext's kernels are real, so torch's own
+        # composite serves it.
+        return torch.rms_norm(input, shape, weight, eps)
+    return _rms_norm_forward(input, shape, weight, eps)[0]
+
+
+def add_layer_norm(
+    input: Tensor,
+    residual: Tensor,
+    normalized_shape: List[int],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+) -> Tuple[Tensor, Tensor]:
+    """(layer_norm(input + residual), input + residual) in one pass: the sum is written once and
+    normalized while in cache. input and residual have the same shape and dtype."""
+    if has_torch_function_variadic(input, residual, weight, bias):
+        return handle_torch_function(
+            add_layer_norm, (input, residual, weight, bias), input, residual, normalized_shape,
+            weight=weight, bias=bias, eps=eps,
+        )
+    shape = _normalized_shape(normalized_shape, "add_layer_norm", 3)
+    y, summed, _, _ = _add_layer_norm_forward(input, residual, shape, weight, bias, eps)
+    return y, summed
+
+
+def add_rms_norm(
+    input: Tensor,
+    residual: Tensor,
+    normalized_shape: List[int],
+    weight: Optional[Tensor] = None,
+    eps: Optional[float] = None,
+) -> Tuple[Tensor, Tensor]:
+    """(rms_norm(input + residual), input + residual) in one pass, as add_layer_norm."""
+    if has_torch_function_variadic(input, residual, weight):
+        return handle_torch_function(
+            add_rms_norm, (input, residual, weight), input, residual, normalized_shape,
+            weight=weight, eps=eps,
+        )
+    shape = _normalized_shape(normalized_shape, "add_rms_norm", 3)
+    y, summed, _ = _add_rms_norm_forward(input, residual, shape, weight, eps)
+    return y, summed
