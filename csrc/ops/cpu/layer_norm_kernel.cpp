@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -102,9 +103,14 @@ RowStats finalize_layer_norm(WelfordStat<double> stat, const scalar_t* row, doub
   return {stat.mean, welford_rstd(stat, eps)};
 }
 
-template <typename scalar_t>
+// NB: also recomputed when the accumulated squares may have underflowed (|x| below ~1e-16 in
+// fp32): sum 0 with nonzero x would give rstd = 1 / sqrt(eps) instead of the exact value. Rows of
+// zeros take this (scalar) path too; they are rare outside padding.
+template <typename acc_t, typename scalar_t>
 RowStats finalize_rms_norm(double sum_squares, const scalar_t* row, int64_t D, double eps) {
-  if (!std::isfinite(sum_squares)) {
+  constexpr double kUnderflow =
+      std::numeric_limits<acc_t>::min() / std::numeric_limits<acc_t>::epsilon();
+  if (!std::isfinite(sum_squares) || !(sum_squares >= kUnderflow)) {
     sum_squares = exact_sum_squares(row, D);
   }
   return {0.0, 1.0 / std::sqrt(sum_squares / static_cast<double>(D) + eps)};
@@ -158,7 +164,7 @@ void forward_impl(const RowNormShape& s, const scalar_t* X, const scalar_t* R, s
     return welford_merge(a, b);
   };
   auto finalize = [&](int64_t row, WelfordStat<double> stat) {
-    const RowStats st = rms ? finalize_rms_norm(stat.m2, source_row(row), D, eps)
+    const RowStats st = rms ? finalize_rms_norm<acc_t>(stat.m2, source_row(row), D, eps)
                             : finalize_layer_norm(stat, source_row(row), eps);
     if (!rms) {
       mean[row] = static_cast<acc_t>(st.mean);
