@@ -6,7 +6,7 @@
 // identical for any thread count. Rows longer than kChunkElems are, by definition, the in-order
 // Chan merge (LayerNorm) or in-order sum (RMSNorm) of kChunkElems-element chunk statistics, whether
 // one task or several compute the chunks. dgamma / dbeta are column sums over blocks of
-// rows_per_block(D) rows (a function of D alone), reduced over the blocks in block order.
+// rows_per_block(M, D) rows (a function of the shape alone), reduced over the blocks in block order.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -34,11 +34,12 @@ constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
 // sees a single read of the input and a single write of the output. Longer rows are split into
 // chunks spread over the threads (few long rows would otherwise leave threads idle).
 constexpr int64_t kInCacheRowElems = 4 * kChunkElems;
-// Backward: each block of rows accumulates its own dgamma / dbeta partial of D values; a block
-// covers about this many elements, so the partials stay a few percent of the input.
+// Backward: each block of rows accumulates its own dgamma / dbeta partial of D values, in L1/L2.
+// A block covers at least kBlockElems elements (the partial's zeroing and final sum stay a few
+// percent of the block's work) and there are at most kMaxBlocks blocks (the partials stay a few
+// percent of the input: 64 x 2 x D values). Both depend on the shape alone, never on threads.
 constexpr int64_t kBlockElems = 32 * 1024;
-// Long rows: rows per block of the (block, column chunk) dx tasks.
-constexpr int64_t kLongRowBlockRows = 16;
+constexpr int64_t kMaxBlocks = 64;
 
 template <typename scalar_t>
 struct Storage {
@@ -57,8 +58,8 @@ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-int64_t rows_per_block(int64_t D) {
-  return D > kInCacheRowElems ? kLongRowBlockRows : std::max<int64_t>(1, kBlockElems / D);
+int64_t rows_per_block(int64_t M, int64_t D) {
+  return std::max({int64_t{1}, kBlockElems / D, ceil_div(M, kMaxBlocks)});
 }
 
 // Exact statistics in double of n values; used only when the fp32 accumulation overflowed (|x| of
@@ -253,7 +254,7 @@ void backward_impl(const RowNormShape& s, const scalar_t* dY, const scalar_t* X,
     ones.assign(D, acc_t(1));
     gamma = ones.data();
   }
-  const int64_t Rb = rows_per_block(D);
+  const int64_t Rb = rows_per_block(M, D);
   const int64_t nblocks = ceil_div(M, Rb);
   // [block][dgamma D | dbeta D], each block's written by the tasks that own its rows
   std::vector<acc_t> partial(params ? nblocks * 2 * D : 0);
@@ -269,11 +270,30 @@ void backward_impl(const RowNormShape& s, const scalar_t* dY, const scalar_t* X,
     k.row_grad_sums(dy + row * D + at, x + row * D + at, gamma + at, n, mean_of(row), &ds, &db);
     return {static_cast<double>(ds), static_cast<double>(db)};
   };
-  auto grad_input = [&](int64_t row, int64_t at, int64_t n, GroupBackwardCoeffs<acc_t> q,
-                        std::pair<acc_t*, acc_t*> acc) {
-    k.row_grad_input(dy + row * D + at, x + row * D + at, gamma + at,
-                     dx == nullptr ? nullptr : dx + row * D + at, n, mean_of(row), rstd[row],
-                     q.xhat_coeff, q.bias, acc.first, acc.second);
+  // dx and the partials of rows [first, first + rows) (rows <= kMaxGradRows), elements
+  // [at, at + n), with the rows' coefficients q[0 .. rows).
+  auto grad_input = [&](int64_t first, int64_t rows, int64_t at, int64_t n,
+                        const GroupBackwardCoeffs<acc_t>* q, std::pair<acc_t*, acc_t*> acc) {
+    acc_t m[cpu::kMaxGradRows], rs[cpu::kMaxGradRows], b[cpu::kMaxGradRows],
+        c[cpu::kMaxGradRows];
+    for (int64_t r = 0; r < rows; ++r) {
+      m[r] = mean_of(first + r);
+      rs[r] = rstd[first + r];
+      b[r] = q[r].xhat_coeff;
+      c[r] = q[r].bias;
+    }
+    const int64_t offset = first * D + at;
+    k.row_grad_input(dy + offset, x + offset, gamma + at, dx == nullptr ? nullptr : dx + offset,
+                     rows, D, n, m, rs, b, c, acc.first, acc.second);
+  };
+  auto row_coeffs_of = [&](int64_t row) {
+    double ds = 0, db = 0;
+    for (int64_t j = 0; j < nchunk; ++j) {
+      const auto sums = chunk_sums(row, j * kChunkElems, chunk_len(j));
+      ds += sums.first;
+      db += sums.second;
+    }
+    return row_coeffs(ds, db, rstd[row], D, rms);
   };
 
   if (D <= kInCacheRowElems) {
@@ -283,18 +303,16 @@ void backward_impl(const RowNormShape& s, const scalar_t* dY, const scalar_t* X,
         if (params) {
           std::memset(partial.data() + block * 2 * D, 0, 2 * D * sizeof(acc_t));
         }
-        for (int64_t row = block * Rb; row < std::min(M, (block + 1) * Rb); ++row) {
-          GroupBackwardCoeffs<acc_t> q{0, 0};
+        const int64_t end_row = std::min(M, (block + 1) * Rb);
+        for (int64_t first = block * Rb; first < end_row; first += cpu::kMaxGradRows) {
+          const int64_t rows = std::min(cpu::kMaxGradRows, end_row - first);
+          GroupBackwardCoeffs<acc_t> q[cpu::kMaxGradRows] = {};
           if (dx != nullptr) {
-            double ds = 0, db = 0;
-            for (int64_t j = 0; j < nchunk; ++j) {
-              const auto sums = chunk_sums(row, j * kChunkElems, chunk_len(j));
-              ds += sums.first;
-              db += sums.second;
+            for (int64_t r = 0; r < rows; ++r) {
+              q[r] = row_coeffs_of(first + r);
             }
-            q = row_coeffs(ds, db, rstd[row], D, rms);
           }
-          grad_input(row, 0, D, q, acc_of(block, 0));
+          grad_input(first, rows, 0, D, q, acc_of(block, 0));
         }
       }
     });
@@ -328,8 +346,10 @@ void backward_impl(const RowNormShape& s, const scalar_t* dY, const scalar_t* X,
           std::memset(acc.first, 0, n * sizeof(acc_t));
           std::memset(acc.second, 0, n * sizeof(acc_t));
         }
-        for (int64_t row = block * Rb; row < std::min(M, (block + 1) * Rb); ++row) {
-          grad_input(row, at, n, coeffs[row], acc);
+        const int64_t end_row = std::min(M, (block + 1) * Rb);
+        for (int64_t first = block * Rb; first < end_row; first += cpu::kMaxGradRows) {
+          grad_input(first, std::min(cpu::kMaxGradRows, end_row - first), at, n, &coeffs[first],
+                     acc);
         }
       }
     });

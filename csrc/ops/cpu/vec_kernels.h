@@ -31,6 +31,8 @@ constexpr int64_t padded_channels(int64_t C) {
 
 // Largest n chunk_stats accepts: 16 KB of fp32, so a chunk's passes run from L1.
 constexpr int64_t kMaxChunkElems = 4096;
+// Most rows one row_grad_input call takes.
+constexpr int64_t kMaxGradRows = 4;
 
 // Leaf loops for one storage type T. Every reduction runs in a fixed order (fixed vector lanes,
 // fixed tail handling), so results depend only on the data, never on threads.
@@ -75,12 +77,14 @@ struct VecKernels {
   // a norm without weight passes a row of ones).
   void (*row_grad_sums)(const T* dy, const T* x, const acc_t* gamma, int64_t n, acc_t mean,
                         acc_t* ds, acc_t* db);
-  // xhat = (x - mean) * rstd; dx = rstd * g * dy + b * xhat + c (skipped when dx is null);
-  // dgamma_acc[i] += dy * xhat and dbeta_acc[i] += dy (both given, or both null and skipped).
-  // gamma is not null.
-  void (*row_grad_input)(const T* dy, const T* x, const acc_t* gamma, T* dx, int64_t n,
-                         acc_t mean, acc_t rstd, acc_t b, acc_t c, acc_t* dgamma_acc,
-                         acc_t* dbeta_acc);
+  // For `rows` <= kMaxGradRows rows r of n values, `stride` apart: xhat = (x - mean[r]) * rstd[r];
+  // dx = rstd[r] * g * dy + b[r] * xhat + c[r] (skipped when dx is null); dgamma_acc[i] +=
+  // sum_r dy * xhat and dbeta_acc[i] += sum_r dy, rows added in order (both given, or both null
+  // and skipped). gamma is not null. NB: several rows per call load and store the accumulators
+  // once per vector for all of them.
+  void (*row_grad_input)(const T* dy, const T* x, const acc_t* gamma, T* dx, int64_t rows,
+                         int64_t stride, int64_t n, const acc_t* mean, const acc_t* rstd,
+                         const acc_t* b, const acc_t* c, acc_t* dgamma_acc, acc_t* dbeta_acc);
 };
 
 struct VecKernelTable {

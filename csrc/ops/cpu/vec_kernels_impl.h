@@ -703,50 +703,79 @@ void row_grad_sums(const T* dy, const T* x, const acc_type<T>* gamma, int64_t n,
 }
 
 template <bool kDx, bool kAcc, typename T>
-void row_grad_input_impl(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, int64_t n,
-                         acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c,
+void row_grad_input_impl(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, int64_t rows,
+                         int64_t stride, int64_t n, const acc_type<T>* mean,
+                         const acc_type<T>* rstd, const acc_type<T>* b, const acc_type<T>* c,
                          acc_type<T>* dgamma_acc, acc_type<T>* dbeta_acc) {
   using A = acc_type<T>;
   constexpr int L = kLanes<T>;
-  const vacc<T> vmean = splat<T>(mean), vrstd = splat<T>(rstd), vb = splat<T>(b),
-                vc = splat<T>(c);
+  vacc<T> vmean[kMaxGradRows], vrstd[kMaxGradRows], vb[kMaxGradRows], vc[kMaxGradRows];
+  for (int64_t r = 0; r < rows; ++r) {
+    vmean[r] = splat<T>(mean[r]);
+    vrstd[r] = splat<T>(rstd[r]);
+    vb[r] = splat<T>(b[r]);
+    vc[r] = splat<T>(c[r]);
+  }
+  // One vector of every row: full vectors, or the zero-padded tail of m values.
+  auto step = [&](int64_t i, int64_t m) {
+    const bool full = m == L;
+    const vacc<T> gv = full ? load_param(gamma, i) : load_n<A>(gamma + i, m);
+    vacc<T> dg{}, db{};
+    if constexpr (kAcc) {
+      dg = full ? Io<A>::load(dgamma_acc + i) : load_n<A>(dgamma_acc + i, m);
+      db = full ? Io<A>::load(dbeta_acc + i) : load_n<A>(dbeta_acc + i, m);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t at = r * stride + i;
+      const vacc<T> g = full ? Io<T>::load(dy + at) : load_n(dy + at, m);
+      const vacc<T> xhat = ((full ? Io<T>::load(x + at) : load_n(x + at, m)) - vmean[r]) * vrstd[r];
+      if constexpr (kDx) {
+        const vacc<T> v = vrstd[r] * gv * g + vb[r] * xhat + vc[r];
+        if (full) {
+          Io<T>::store(dx + at, v);
+        } else {
+          store_n(dx + at, v, m);
+        }
+      }
+      if constexpr (kAcc) {
+        dg += g * xhat;
+        db += g;
+      }
+    }
+    if constexpr (kAcc) {
+      if (full) {
+        Io<A>::store(dgamma_acc + i, dg);
+        Io<A>::store(dbeta_acc + i, db);
+      } else {
+        store_n(dgamma_acc + i, dg, m);
+        store_n(dbeta_acc + i, db, m);
+      }
+    }
+  };
   int64_t i = 0;
   for (; i + L <= n; i += L) {
-    const vacc<T> g = Io<T>::load(dy + i);
-    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
-    if constexpr (kDx) {
-      Io<T>::store(dx + i, vrstd * load_param(gamma, i) * g + vb * xhat + vc);
-    }
-    if constexpr (kAcc) {
-      Io<A>::store(dgamma_acc + i, Io<A>::load(dgamma_acc + i) + g * xhat);
-      Io<A>::store(dbeta_acc + i, Io<A>::load(dbeta_acc + i) + g);
-    }
+    step(i, L);
   }
   if (i < n) {
-    const int64_t m = n - i;
-    const vacc<T> g = load_n(dy + i, m);
-    const vacc<T> xhat = (load_n(x + i, m) - vmean) * vrstd;
-    if constexpr (kDx) {
-      store_n(dx + i, vrstd * load_n<A>(gamma + i, m) * g + vb * xhat + vc, m);
-    }
-    if constexpr (kAcc) {
-      store_n(dgamma_acc + i, load_n<A>(dgamma_acc + i, m) + g * xhat, m);
-      store_n(dbeta_acc + i, load_n<A>(dbeta_acc + i, m) + g, m);
-    }
+    step(i, n - i);
   }
 }
 
 template <typename T>
-void row_grad_input(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, int64_t n,
-                    acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c,
-                    acc_type<T>* dgamma_acc, acc_type<T>* dbeta_acc) {
+void row_grad_input(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, int64_t rows,
+                    int64_t stride, int64_t n, const acc_type<T>* mean, const acc_type<T>* rstd,
+                    const acc_type<T>* b, const acc_type<T>* c, acc_type<T>* dgamma_acc,
+                    acc_type<T>* dbeta_acc) {
   const bool acc = dgamma_acc != nullptr;
   if (dx != nullptr && acc) {
-    row_grad_input_impl<true, true>(dy, x, gamma, dx, n, mean, rstd, b, c, dgamma_acc, dbeta_acc);
+    row_grad_input_impl<true, true>(dy, x, gamma, dx, rows, stride, n, mean, rstd, b, c,
+                                    dgamma_acc, dbeta_acc);
   } else if (dx != nullptr) {
-    row_grad_input_impl<true, false>(dy, x, gamma, dx, n, mean, rstd, b, c, dgamma_acc, dbeta_acc);
+    row_grad_input_impl<true, false>(dy, x, gamma, dx, rows, stride, n, mean, rstd, b, c,
+                                     dgamma_acc, dbeta_acc);
   } else if (acc) {
-    row_grad_input_impl<false, true>(dy, x, gamma, dx, n, mean, rstd, b, c, dgamma_acc, dbeta_acc);
+    row_grad_input_impl<false, true>(dy, x, gamma, dx, rows, stride, n, mean, rstd, b, c,
+                                     dgamma_acc, dbeta_acc);
   }
 }
 
