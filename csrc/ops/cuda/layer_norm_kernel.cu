@@ -1,0 +1,481 @@
+// Row-norm CUDA kernels (LayerNorm, RMSNorm; RMSNorm is mean == nullptr): raw pointers and the
+// launch plan of layer_norm_launch.h, no torch.
+//
+// Forward:  one team (a warp for rows up to kWarpRowMaxElems, else the block) per row: corrected
+//           two-pass statistics (sum, then centered sums, as the CPU's chunk_stats) or the sum of
+//           squares, then y = (x - mean) * rstd * gamma + beta. The row's later passes hit L1/L2.
+//           With a residual, the first pass writes summed = x + r and later passes read it back.
+// Backward: dx: the same team per row, sums ds = sum g*dy*(x - mean), db = sum g*dy, then
+//           dx = rstd * g * dy + b * xhat + c (common/welford.h's group_backward_coeffs).
+//           dgamma / dbeta: per (row split, column) partials, then an in-order sum per column.
+// Deterministic without atomics: fixed per-thread element order, fixed shuffle trees, warps in
+// order, partials summed in order; the row splits depend on M alone.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common/welford.h"
+#include "ops/cuda/layer_norm_kernel.h"
+#include "ops/cuda/layer_norm_launch.h"
+
+namespace normext {
+namespace cuda {
+namespace row_norm {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ float to_acc(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_acc(double v) {
+  return v;
+}
+__device__ __forceinline__ float to_acc(__half v) {
+  return __half2float(v);
+}
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_type<T> v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// 16-byte vectors: 4 float, 2 double, 8 half / bfloat16.
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+template <typename T>
+struct alignas(16) Pack {
+  T v[kVec<T>];
+};
+
+// W values of a row at element i, widened to acc_t (W == kVec<T>: one 16-byte load, aligned by
+// the caller; W == 1: one element).
+template <int W, typename T>
+__device__ __forceinline__ void load_acc(const T* p, int64_t i, acc_type<T> (&out)[W]) {
+  if constexpr (W == 1) {
+    out[0] = to_acc(p[i]);
+  } else {
+    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p + i);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      out[k] = to_acc(pk.v[k]);
+    }
+  }
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void store_acc(T* p, int64_t i, const acc_type<T> (&in)[W]) {
+  if constexpr (W == 1) {
+    p[i] = from_acc<T>(in[0]);
+  } else {
+    Pack<T> pk;
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      pk.v[k] = from_acc<T>(in[k]);
+    }
+    *reinterpret_cast<Pack<T>*>(p + i) = pk;
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ A param_or(const A* p, int64_t i, A fallback) {
+  return p != nullptr ? p[i] : fallback;
+}
+
+// Calls f(i, W) for the elements of [0, n) thread `rank` of a team of `size` owns: an unaligned
+// head one at a time, whole 16-byte vectors, then the tail. `vectorize` false: one at a time
+// throughout. The mapping depends only on (head, n, rank, size), so every pass over a row gives a
+// thread the same elements: what it wrote in one pass it reads back in the next, no sync needed.
+template <typename T, typename F>
+__device__ __forceinline__ void for_row(int64_t head, int64_t n, bool vectorize, int rank,
+                                        int size, F&& f) {
+  constexpr int V = kVec<T>;
+  if (!vectorize) {
+    for (int64_t i = rank; i < n; i += size) {
+      f(i, std::integral_constant<int, 1>{});
+    }
+    return;
+  }
+  for (int64_t i = rank; i < head; i += size) {
+    f(i, std::integral_constant<int, 1>{});
+  }
+  const int64_t nvec = (n - head) / V;
+  for (int64_t v = rank; v < nvec; v += size) {
+    f(head + v * V, std::integral_constant<int, V>{});
+  }
+  for (int64_t i = head + nvec * V + rank; i < n; i += size) {
+    f(i, std::integral_constant<int, 1>{});
+  }
+}
+
+// Sum over a team of kTeam threads (a warp, or the block), in a fixed order; every thread of the
+// team gets the result. `shared` holds kBlockThreads / kWarpSize values per reduced quantity.
+template <int kTeam, typename A>
+__device__ __forceinline__ A team_sum(A v, A* shared) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    v += __shfl_down_sync(kFullMask, v, offset);
+  }
+  if constexpr (kTeam == kWarpSize) {
+    return __shfl_sync(kFullMask, v, 0);
+  } else {
+    constexpr int kWarps = kTeam / kWarpSize;
+    const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+    __syncthreads();  // the previous use of `shared` is over
+    if (lane == 0) {
+      shared[warp] = v;
+    }
+    __syncthreads();
+    A total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      total += shared[w];
+    }
+    return total;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ bool aligned_alike(const T* a, const void* b) {
+  return b == nullptr ||
+         ((reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(b)) & 15u) == 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+template <typename T, int kTeam>
+__global__ void __launch_bounds__(kBlockThreads)
+    forward_kernel(const RowNormPlan plan, const T* __restrict__ x, const T* __restrict__ r,
+                   T* __restrict__ y, T* __restrict__ s, const acc_type<T>* __restrict__ gamma,
+                   const acc_type<T>* __restrict__ beta, acc_type<T>* __restrict__ mean_out,
+                   acc_type<T>* __restrict__ rstd_out, double eps) {
+  using A = acc_type<T>;
+  __shared__ A shared[kBlockThreads / kWarpSize];
+  __shared__ double shared_exact[kBlockThreads / kWarpSize];
+  const int team = threadIdx.x / kTeam, rank = threadIdx.x % kTeam;
+  const int64_t D = plan.D;
+  const bool rms = mean_out == nullptr;
+  // NB: the gamma / beta vectors are read per element (scalar) and hit L1: D values.
+  for (int64_t step = 0;; ++step) {
+    const int64_t row = team_row(plan, blockIdx.x, team, step);
+    if (row >= plan.M) {
+      break;
+    }
+    const T* xr = x + row * D;
+    const T* rr = r != nullptr ? r + row * D : nullptr;
+    T* sr = s != nullptr ? s + row * D : nullptr;
+    T* yr = y + row * D;
+    const T* src = sr != nullptr ? sr : xr;
+    const int64_t head = aligned_head(reinterpret_cast<uint64_t>(xr), sizeof(T), D);
+    const bool vec = aligned_alike(xr, rr) && aligned_alike(xr, sr) && aligned_alike(xr, yr);
+
+    // Pass 1: sum (or sum of squares); with a residual, summed = x + r is written here.
+    A acc = 0;
+    for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+      constexpr int W = decltype(w)::value;
+      A v[W];
+      load_acc<W>(xr, i, v);
+      if (rr != nullptr) {
+        A rv[W];
+        load_acc<W>(rr, i, rv);
+#pragma unroll
+        for (int k = 0; k < W; ++k) {
+          v[k] = to_acc(from_acc<T>(v[k] + rv[k]));  // rounded to T, as torch's x + r
+        }
+        store_acc<W>(sr, i, v);
+      }
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        acc += rms ? v[k] * v[k] : v[k];
+      }
+    });
+    acc = team_sum<kTeam>(acc, shared);
+    double mean = 0, rstd;
+    if (rms) {
+      double ss = acc;
+      if (!isfinite(acc) || !(static_cast<double>(acc) >= 1e-30)) {
+        // fp32 squares overflowed or underflowed: the exact sum in double
+        double e = 0;
+        for (int64_t i = rank; i < D; i += kTeam) {
+          const double v = to_acc(src[i]);
+          e += v * v;
+        }
+        ss = team_sum<kTeam>(e, shared_exact);
+      }
+      rstd = 1.0 / sqrt(ss / static_cast<double>(D) + eps);
+    } else {
+      // Pass 2: centered sums, corrected (Chan, Golub and LeVeque): mean += c / D, M2 -= c^2 / D.
+      const A m0 = acc / static_cast<A>(D);
+      A q = 0, c = 0;
+      for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+        constexpr int W = decltype(w)::value;
+        A v[W];
+        load_acc<W>(src, i, v);
+#pragma unroll
+        for (int k = 0; k < W; ++k) {
+          const A d = v[k] - m0;
+          q += d * d;
+          c += d;
+        }
+      });
+      q = team_sum<kTeam>(q, shared);
+      c = team_sum<kTeam>(c, shared);
+      WelfordStat<double> st{static_cast<double>(m0) + static_cast<double>(c) / D,
+                             static_cast<double>(q) - static_cast<double>(c) * c / D, D};
+      if (welford_overflowed(st)) {
+        // |x| near the fp32 limit: exact statistics in double (inf / nan propagate)
+        double e = 0;
+        for (int64_t i = rank; i < D; i += kTeam) {
+          e += static_cast<double>(to_acc(src[i]));
+        }
+        const double em = team_sum<kTeam>(e, shared_exact) / D;
+        double e2 = 0;
+        for (int64_t i = rank; i < D; i += kTeam) {
+          const double d = static_cast<double>(to_acc(src[i])) - em;
+          e2 += d * d;
+        }
+        st = {em, team_sum<kTeam>(e2, shared_exact), D};
+      }
+      mean = st.mean;
+      rstd = welford_rstd(st, eps);
+    }
+    if (rank == 0) {
+      if (!rms) {
+        mean_out[row] = static_cast<A>(mean);
+      }
+      rstd_out[row] = static_cast<A>(rstd);
+    }
+    // Pass 3: normalize.
+    const A am = static_cast<A>(mean), ar = static_cast<A>(rstd);
+    for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+      constexpr int W = decltype(w)::value;
+      A v[W];
+      load_acc<W>(src, i, v);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        v[k] = (v[k] - am) * ar * param_or(gamma, i + k, A(1)) + param_or(beta, i + k, A(0));
+      }
+      store_acc<W>(yr, i, v);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+template <typename T, int kTeam>
+__global__ void __launch_bounds__(kBlockThreads)
+    grad_input_kernel(const RowNormPlan plan, const T* __restrict__ dy, const T* __restrict__ x,
+                      const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd,
+                      const acc_type<T>* __restrict__ gamma, T* __restrict__ dx) {
+  using A = acc_type<T>;
+  __shared__ A shared[kBlockThreads / kWarpSize];
+  const int team = threadIdx.x / kTeam, rank = threadIdx.x % kTeam;
+  const int64_t D = plan.D;
+  for (int64_t step = 0;; ++step) {
+    const int64_t row = team_row(plan, blockIdx.x, team, step);
+    if (row >= plan.M) {
+      break;
+    }
+    const T* dyr = dy + row * D;
+    const T* xr = x + row * D;
+    T* dxr = dx + row * D;
+    const int64_t head = aligned_head(reinterpret_cast<uint64_t>(xr), sizeof(T), D);
+    const bool vec = aligned_alike(xr, dyr) && aligned_alike(xr, dxr);
+    const A m = mean != nullptr ? mean[row] : A(0);
+    const A rs = rstd[row];
+    A ds = 0, db = 0;
+    for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+      constexpr int W = decltype(w)::value;
+      A g[W], v[W];
+      load_acc<W>(dyr, i, g);
+      load_acc<W>(xr, i, v);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const A gg = g[k] * param_or(gamma, i + k, A(1));
+        ds += gg * (v[k] - m);
+        db += gg;
+      }
+    });
+    ds = team_sum<kTeam>(ds, shared);
+    db = team_sum<kTeam>(db, shared);
+    GroupBackwardCoeffs<A> q = group_backward_coeffs(ds, db, rs, D);
+    if (mean == nullptr) {
+      q.bias = 0;
+    }
+    for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+      constexpr int W = decltype(w)::value;
+      A g[W], v[W];
+      load_acc<W>(dyr, i, g);
+      load_acc<W>(xr, i, v);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const A xhat = (v[k] - m) * rs;
+        v[k] = rs * param_or(gamma, i + k, A(1)) * g[k] + q.xhat_coeff * xhat + q.bias;
+      }
+      store_acc<W>(dxr, i, v);
+    });
+  }
+}
+
+// partial[split][col] = sum over the split's rows of dy * xhat (dgamma) and dy (dbeta).
+template <typename T>
+__global__ void __launch_bounds__(kBlockThreads)
+    param_partials_kernel(const RowNormPlan plan, const T* __restrict__ dy,
+                          const T* __restrict__ x, const acc_type<T>* __restrict__ mean,
+                          const acc_type<T>* __restrict__ rstd, acc_type<T>* __restrict__ partials) {
+  using A = acc_type<T>;
+  const int64_t tiles = plan.col_tiles * plan.row_splits;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const Tile t = param_tile(plan, tile);
+    const int64_t col = t.col_begin + threadIdx.x;
+    if (col >= t.col_end) {
+      continue;
+    }
+    A dg = 0, db = 0;
+    for (int64_t row = t.row_begin; row < t.row_end; ++row) {
+      const A g = to_acc(dy[row * plan.D + col]);
+      const A m = mean != nullptr ? mean[row] : A(0);
+      dg += g * (to_acc(x[row * plan.D + col]) - m) * rstd[row];
+      db += g;
+    }
+    partials[t.split * plan.D + col] = dg;
+    partials[plan.partials + t.split * plan.D + col] = db;
+  }
+}
+
+template <typename A>
+__global__ void __launch_bounds__(kBlockThreads)
+    param_finalize_kernel(const RowNormPlan plan, const A* __restrict__ partials,
+                          A* __restrict__ dgamma, A* __restrict__ dbeta) {
+  for (int64_t col = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; col < plan.D;
+       col += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    A dg = 0, db = 0;
+    for (int64_t split = 0; split < plan.row_splits; ++split) {
+      dg += partials[split * plan.D + col];
+      db += partials[plan.partials + split * plan.D + col];
+    }
+    if (dgamma != nullptr) {
+      dgamma[col] = dg;
+    }
+    if (dbeta != nullptr) {
+      dbeta[col] = db;
+    }
+  }
+}
+
+unsigned grid_of(int64_t blocks) {
+  return static_cast<unsigned>(blocks);
+}
+
+template <typename T>
+cudaError_t forward(const RowNormPlan& plan, const ForwardArgs& a, cudaStream_t stream) {
+  using A = acc_type<T>;
+  auto run = [&](auto kernel) {
+    kernel<<<grid_of(plan.row_grid), kBlockThreads, 0, stream>>>(
+        plan, static_cast<const T*>(a.x), static_cast<const T*>(a.residual), static_cast<T*>(a.y),
+        static_cast<T*>(a.summed), static_cast<const A*>(a.gamma), static_cast<const A*>(a.beta),
+        static_cast<A*>(a.mean), static_cast<A*>(a.rstd), a.eps);
+  };
+  if (plan.team_threads == kWarpSize) {
+    run(forward_kernel<T, kWarpSize>);
+  } else {
+    run(forward_kernel<T, kBlockThreads>);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t backward(const RowNormPlan& plan, const BackwardArgs& a, cudaStream_t stream) {
+  using A = acc_type<T>;
+  const auto* dy = static_cast<const T*>(a.dy);
+  const auto* x = static_cast<const T*>(a.x);
+  const auto* mean = static_cast<const A*>(a.mean);
+  const auto* rstd = static_cast<const A*>(a.rstd);
+  if (a.dx != nullptr) {
+    auto run = [&](auto kernel) {
+      kernel<<<grid_of(plan.row_grid), kBlockThreads, 0, stream>>>(
+          plan, dy, x, mean, rstd, static_cast<const A*>(a.gamma), static_cast<T*>(a.dx));
+    };
+    if (plan.team_threads == kWarpSize) {
+      run(grad_input_kernel<T, kWarpSize>);
+    } else {
+      run(grad_input_kernel<T, kBlockThreads>);
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) {
+      return err;
+    }
+  }
+  if (a.dgamma != nullptr || a.dbeta != nullptr) {
+    auto* partials = static_cast<A*>(a.partials);
+    param_partials_kernel<T><<<grid_of(plan.param_grid), kBlockThreads, 0, stream>>>(
+        plan, dy, x, mean, rstd, partials);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) {
+      return err;
+    }
+    param_finalize_kernel<A><<<grid_of(plan.finalize_grid), kBlockThreads, 0, stream>>>(
+        plan, partials, static_cast<A*>(a.dgamma), static_cast<A*>(a.dbeta));
+    return cudaGetLastError();
+  }
+  return cudaSuccess;
+}
+
+} // namespace
+
+cudaError_t launch_row_norm_forward(const RowNormPlan& plan, Scalar kind, const ForwardArgs& args,
+                                    cudaStream_t stream) {
+  switch (kind) {
+    case Scalar::Float:
+      return forward<float>(plan, args, stream);
+    case Scalar::Double:
+      return forward<double>(plan, args, stream);
+    case Scalar::Half:
+      return forward<__half>(plan, args, stream);
+    case Scalar::BFloat16:
+      return forward<__nv_bfloat16>(plan, args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_row_norm_backward(const RowNormPlan& plan, Scalar kind,
+                                     const BackwardArgs& args, cudaStream_t stream) {
+  switch (kind) {
+    case Scalar::Float:
+      return backward<float>(plan, args, stream);
+    case Scalar::Double:
+      return backward<double>(plan, args, stream);
+    case Scalar::Half:
+      return backward<__half>(plan, args, stream);
+    case Scalar::BFloat16:
+      return backward<__nv_bfloat16>(plan, args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+} // namespace row_norm
+} // namespace cuda
+} // namespace normext
