@@ -767,3 +767,58 @@ def test_moduleinfo_inputs(device, cls, dtype):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         n += 1
     assert n > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Every per-ISA table of leaf loops (NORMEXT_CPU_CAPABILITY caps the choice; one subprocess each).
+# --------------------------------------------------------------------------------------------------
+
+_ISA_SCRIPT = r"""
+import torch, normext, normext.functional as NF, torch.nn.functional as F
+torch.manual_seed(0)
+for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    for D in (37, 5000):  # vector tails; multi-chunk rows
+        x = (torch.randn(3, D, dtype=torch.float64) * 3 + 1).to(dt)
+        w, b = torch.randn(D, dtype=dt), torch.randn(D, dtype=dt)
+        r = torch.randn(3, D, dtype=dt)
+        go = torch.randn(3, D, dtype=dt)
+        for kind in ("layer", "rms"):
+            xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+            if kind == "layer":
+                y = NF.layer_norm(xg, [D], wg, b)
+                ref = F.layer_norm(x.double(), [D], w.double(), b.double())
+                ys, s = NF.add_layer_norm(x, r, [D], w, b)
+                refs = F.layer_norm((x + r).double(), [D], w.double(), b.double())
+            else:
+                y = NF.rms_norm(xg, [D], wg, 1e-6)
+                ref = F.rms_norm(x.double(), [D], w.double(), 1e-6)
+                ys, s = NF.add_rms_norm(x, r, [D], w, 1e-6)
+                refs = F.rms_norm((x + r).double(), [D], w.double(), 1e-6)
+            dx, dw = torch.autograd.grad(y, [xg, wg], go)
+            xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+            yd = (F.layer_norm(xd, [D], wd, b.double()) if kind == "layer"
+                  else F.rms_norm(xd, [D], wd, 1e-6))
+            dxd, dwd = torch.autograd.grad(yd, [xd, wd], go.double())
+            err = max((y.double() - ref).abs().max().item(), (ys.double() - refs).abs().max().item(),
+                      (dx.double() - dxd).abs().max().item() / dxd.abs().max().item(),
+                      (dw.double() - dwd).abs().max().item() / dwd.abs().max().item())
+            print(str(dt), kind, D, err, bool(torch.equal(s, x + r)))
+"""
+
+_ISA_TOL = {"torch.float16": 1e-2, "torch.bfloat16": 8e-2, "torch.float32": 2e-5, "torch.float64": 1e-12}
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512", "avx512_bf16"])
+def test_every_cpu_table_matches_reference(capability):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
+    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.split("\n") if line.startswith("torch.")]
+    assert len(rows) == 16
+    for dtype, kind, D, err, sum_exact in rows:
+        assert float(err) < _ISA_TOL[dtype], (capability, dtype, kind, D, err)
+        assert sum_exact == "True", (capability, dtype, kind, D)
