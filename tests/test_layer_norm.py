@@ -16,6 +16,8 @@ import normext
 import normext.functional as NF
 from conftest import assert_close_to_ref, assert_same_error, cuda_sync, make_param, max_abs_err, to_layout
 
+pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 KINDS = ["layer", "rms"]
