@@ -191,7 +191,9 @@ __global__ void __launch_bounds__(kBlockThreads)
     const int64_t head = aligned_head(reinterpret_cast<uint64_t>(xr), sizeof(T), D);
     const bool vec = aligned_alike(xr, rr) && aligned_alike(xr, sr) && aligned_alike(xr, yr);
 
-    // Pass 1: sum (or sum of squares); with a residual, summed = x + r is written here.
+    // Pass 1: sum (or sum of squares); with a residual, summed = x + r is written here. NB: every
+    // later pass visits a thread's elements through the same for_row mapping, so it reads back
+    // only what that thread wrote (no fence needed between the passes of a warp team).
     A acc = 0;
     for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
       constexpr int W = decltype(w)::value;
@@ -218,10 +220,15 @@ __global__ void __launch_bounds__(kBlockThreads)
       if (!isfinite(acc) || !(static_cast<double>(acc) >= 1e-30)) {
         // fp32 squares overflowed or underflowed: the exact sum in double
         double e = 0;
-        for (int64_t i = rank; i < D; i += kTeam) {
-          const double v = to_acc(src[i]);
-          e += v * v;
-        }
+        for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+          constexpr int W = decltype(w)::value;
+          A v[W];
+          load_acc<W>(src, i, v);
+#pragma unroll
+          for (int k = 0; k < W; ++k) {
+            e += static_cast<double>(v[k]) * static_cast<double>(v[k]);
+          }
+        });
         ss = team_sum<kTeam>(e, shared_exact);
       }
       rstd = 1.0 / sqrt(ss / static_cast<double>(D) + eps);
@@ -247,15 +254,27 @@ __global__ void __launch_bounds__(kBlockThreads)
       if (welford_overflowed(st)) {
         // |x| near the fp32 limit: exact statistics in double (inf / nan propagate)
         double e = 0;
-        for (int64_t i = rank; i < D; i += kTeam) {
-          e += static_cast<double>(to_acc(src[i]));
-        }
+        for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+          constexpr int W = decltype(w)::value;
+          A v[W];
+          load_acc<W>(src, i, v);
+#pragma unroll
+          for (int k = 0; k < W; ++k) {
+            e += static_cast<double>(v[k]);
+          }
+        });
         const double em = team_sum<kTeam>(e, shared_exact) / D;
         double e2 = 0;
-        for (int64_t i = rank; i < D; i += kTeam) {
-          const double d = static_cast<double>(to_acc(src[i])) - em;
-          e2 += d * d;
-        }
+        for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
+          constexpr int W = decltype(w)::value;
+          A v[W];
+          load_acc<W>(src, i, v);
+#pragma unroll
+          for (int k = 0; k < W; ++k) {
+            const double d = static_cast<double>(v[k]) - em;
+            e2 += d * d;
+          }
+        });
         st = {em, team_sum<kTeam>(e2, shared_exact), D};
       }
       mean = st.mean;
