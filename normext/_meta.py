@@ -178,6 +178,13 @@ def _check_residual(input, residual) -> None:
         )
 
 
+def _prod(sizes):
+    out = 1
+    for s in sizes:
+        out = out * s
+    return out
+
+
 def row_norm_stat_shape(input, normalized_shape):
     """Shape of mean / rstd: the input's leading dims, then a 1 per normalized dim (as ATen's)."""
     axis = input.dim() - len(normalized_shape)
@@ -196,8 +203,26 @@ def _row_norm_forward_fake(input, residual, normalized_shape, weight, bias, rms)
     return y, summed, mean, input.new_empty(stats, dtype=acc)
 
 
-def _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, rms, mask):
+def _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, rms, mask, stats):
     check_row_norm_args(input, normalized_shape, weight, bias, rms)
+    if grad_out.shape != input.shape:
+        raise RuntimeError(
+            f"Expected grad_out of shape {list(input.shape)} (the input's), but got "
+            f"{list(grad_out.shape)}"
+        )
+    if grad_out.dtype != input.dtype:
+        raise RuntimeError(
+            f"Expected grad_out of dtype {_scalar_type_name(input.dtype)} (the input's), but got "
+            f"{_scalar_type_name(grad_out.dtype)}"
+        )
+    rows = _prod(input.shape[: input.dim() - len(normalized_shape)])
+    for stat in stats:
+        if stat.numel() != rows or stat.dtype != acc_dtype(input.dtype):
+            raise RuntimeError(
+                f"Expected {'rstd' if rms else 'mean and rstd'} with {rows} elements of dtype "
+                f"{_scalar_type_name(acc_dtype(input.dtype))}, but got shape {list(stat.shape)} and "
+                f"dtype {_scalar_type_name(stat.dtype)}"
+            )
     acc = acc_dtype(input.dtype)
     weight_dtype = weight.dtype if weight is not None else acc
     bias_dtype = bias.dtype if bias is not None else weight_dtype
@@ -219,7 +244,7 @@ def _layer_norm_forward_fake(input, normalized_shape, weight, bias, eps):
 def _layer_norm_backward_fake(grad_out, input, normalized_shape, mean, rstd, weight, bias,
                               output_mask):
     return _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, False,
-                                   output_mask)
+                                   output_mask, (mean, rstd))
 
 
 @torch.library.register_fake("normext::rms_norm_forward")
@@ -231,7 +256,7 @@ def _rms_norm_forward_fake(input, normalized_shape, weight, eps):
 @torch.library.register_fake("normext::rms_norm_backward")
 def _rms_norm_backward_fake(grad_out, input, normalized_shape, rstd, weight, output_mask):
     dx, dweight, _ = _row_norm_backward_fake(grad_out, input, normalized_shape, weight, None, True,
-                                             list(output_mask) + [False])
+                                             list(output_mask) + [False], (rstd,))
     return dx, dweight
 
 

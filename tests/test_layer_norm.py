@@ -554,6 +554,30 @@ def test_op_and_fake_errors_agree(kind):
             assert str(real) == str(fake), name
 
 
+def test_backward_op_and_fake_errors_agree():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x, go, w = torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.randn(8)
+    _, m, r = torch.ops.normext.layer_norm_forward(x, [8], w, None, 1e-5)
+    ln = torch.ops.normext.layer_norm_backward
+    rms = torch.ops.normext.rms_norm_backward
+    cases = [
+        (ln, (go[:1], x, [8], m, r, w, None, [True] * 3)),
+        (ln, (go.double(), x, [8], m, r, w, None, [True] * 3)),
+        (ln, (go, x, [8], m[:1], r, w, None, [True] * 3)),
+        (ln, (go, x, [8], m, r.double(), w, None, [True] * 3)),
+        (ln, (go, x, [5], m, r, w, None, [True] * 3)),
+        (rms, (go, x, [8], r[:, :1], w, [True, True])),
+        (rms, (go, x, [8], r, torch.randn(4), [True, True])),
+    ]
+    for op, args in cases:
+        with pytest.raises(RuntimeError) as real:
+            op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            with pytest.raises(RuntimeError) as fake:
+                op(*args)
+        assert str(real.value).split("\n")[0] == str(fake.value).split("\n")[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Modules and convert()
 # --------------------------------------------------------------------------------------------------
