@@ -99,8 +99,10 @@ def check(built, dtype, layout, spatial, grads):
         if not rel <= tol:  # also catches nan
             return f"output {i}: max error {rel:.3g} of the output's magnitude > {tol:g}"
     if spatial:
+        # NB: a layout torch keeps and normext loses is a copy in every next layer (an error
+        # here); torch itself returns contiguous outputs for some ops (instance_norm).
         fmt = memory_format(built.x.dim(), layout)
-        if not outs_ne[0].is_contiguous(memory_format=fmt):
+        if outs_ref[0].is_contiguous(memory_format=fmt) and not outs_ne[0].is_contiguous(memory_format=fmt):
             return f"output strides {outs_ne[0].stride()}: torch keeps {layout} ({outs_ref[0].stride()})"
     g_ne = pass_fn("fwdbwd", built.normext, built.inputs, grads)()
     g_ref = pass_fn("fwdbwd", built.eager, built.inputs, grads)()
