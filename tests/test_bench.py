@@ -348,12 +348,19 @@ def test_make_timer():
 
 
 def test_progress_lines(capsys):
-    p = runner.Progress(2, stream=sys.stdout)
-    p.step("layer_norm (4096, 4096) bf16 fwd")
-    p.note("skip x")
-    p.step("layer_norm (4096, 4096) bf16 fwd+bwd")
+    clock = FakeClock()
+    p = runner.Progress(4, stream=sys.stdout, clock=lambda: clock.now)
+    for i, text in enumerate(["layer_norm (4096, 4096) bf16 fwd", "layer_norm (4096, 4096) bf16 fwd+bwd",
+                              "rms_norm (4096, 4096) bf16 fwd", "rms_norm (4096, 4096) bf16 fwd+bwd"]):
+        p.step(text)  # printed when the step starts
+        if i == 0:
+            p.note("skip x")
+        clock.now += 60.0  # each step takes a minute
     assert capsys.readouterr().out.splitlines() == [
-        "[1/2] layer_norm (4096, 4096) bf16 fwd", "skip x", "[2/2] layer_norm (4096, 4096) bf16 fwd+bwd"]
+        "[1/4] layer_norm (4096, 4096) bf16 fwd", "skip x",
+        "[2/4] layer_norm (4096, 4096) bf16 fwd+bwd  (~3 min left)",  # 3 steps of 60 s to go
+        "[3/4] rms_norm (4096, 4096) bf16 fwd  (~2 min left)",
+        "[4/4] rms_norm (4096, 4096) bf16 fwd+bwd"]
 
 
 # ---- memory ------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def parse_args(argv=None):
                    help="skip the torch.compile baseline (it costs seconds of compilation per case)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--min-time", type=float, default=None,
-                   help="seconds of repetition per timing (default 0.08 CPU, 0.1 CUDA)")
+                   help="seconds of repetition per timing (default 0.06 CPU, 0.1 CUDA)")
     p.add_argument("--json", metavar="FILE", help="write every number and the machine description")
     p.add_argument("--plot", metavar="FILE.png",
                    help="bar chart of the ratio vs torch eager per op and shape (needs matplotlib)")
@@ -92,7 +92,7 @@ def parse_args(argv=None):
     args.passes = _split(args.passes, {k: k for k in PASSES}, "pass") or default_passes
     args.passes = [x for x in PASSES if x in args.passes]
     if args.min_time is None:
-        args.min_time = 0.1 if args.device == "cuda" else 0.08
+        args.min_time = 0.1 if args.device == "cuda" else 0.06
     return args
 
 
@@ -145,11 +145,12 @@ def print_header(info, args, log):
         log(f"gpu: {info['gpu']} | {info['gpu_sms']} SMs | {info['gpu_memory_bytes'] / 2**30:.0f} GiB | "
             f"CUDA {info['cuda']}")
     log(f"torch {info['torch']} | python {info['python']}")
-    timing = ("CUDA events around blocks of calls after warm-up" if args.device == "cuda" else
-              "torch.utils.benchmark blocked_autorange median")
-    log(f"timing: {timing}, min_run_time={args.min_time}s; copy = out.copy_(x) timed the same way")
-    log("torch.compile: " + ("inductor, dynamic=False, compiled per case (compile time excluded)"
-                             if args.compile else "skipped (--no-compile)"))
+    if not args.memory:
+        timing = ("CUDA events around blocks of calls after warm-up" if args.device == "cuda" else
+                  "torch.utils.benchmark blocked_autorange median")
+        log(f"timing: {timing}, min_run_time={args.min_time}s; copy = out.copy_(x) timed the same way")
+        log("torch.compile: " + ("inductor, dynamic=False, compiled per case (compile time excluded)"
+                                 if args.compile else "skipped (--no-compile)"))
     if args.device == "cpu":
         load = os.getloadavg()
         log(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
@@ -233,6 +234,7 @@ def main(argv=None, allocator="default (not re-exec'd)"):
         report.to_json(args.json, payload)
         log(f"JSON: {args.json}")
     if args.plot:
-        report.plot(rows, args.plot, f"normext vs torch eager ({args.device}, {info['cpu'] if args.device == 'cpu' else info['gpu']})")
+        where = info["cpu"] if args.device == "cpu" else info["gpu"]
+        report.plot(rows, args.plot, f"normext vs torch eager ({args.device}: {where}, torch {info['torch']})")
         log(f"plot: {args.plot}")
     return 1 if errors else 0

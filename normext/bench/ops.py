@@ -64,7 +64,6 @@ class OpFamily:
 GN_SHAPES = [
     ShapeSpec("SD U-Net 64x64", (2, 320, 64, 64), 32, quick=True),
     ShapeSpec("SD U-Net 16x16", (2, 1280, 16, 16), 32),
-    ShapeSpec("SD2 U-Net 96x96 b1", (1, 320, 96, 96), 32),
     ShapeSpec("SD VAE dec 256x256", (1, 256, 256, 256), 32, quick=True),
     ShapeSpec("FPN head P3 800x1216", (2, 256, 100, 152), 32),
     ShapeSpec("FPN head P5 b8", (8, 256, 25, 38), 32, quick=True),
@@ -75,7 +74,6 @@ GN_FUSED_SHAPES = [
     ShapeSpec("SD U-Net 64x64", (2, 320, 64, 64), 32, quick=True),
     ShapeSpec("SD U-Net 16x16", (2, 1280, 16, 16), 32),
     ShapeSpec("SD VAE dec 256x256", (1, 256, 256, 256), 32, quick=True),
-    ShapeSpec("FPN head P5 b8", (8, 256, 25, 38), 32),
 ]
 # (batch, tokens, hidden): transformer rows from 768 to 8192 wide.
 ROW_SHAPES = [

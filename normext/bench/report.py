@@ -150,6 +150,7 @@ def plot(rows, path, title):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.FuncFormatter below)
 
     timed = [r for r in rows if "error" not in r and r.get("vs_eager")]
     cases = []
@@ -158,7 +159,7 @@ def plot(rows, path, title):
         if key not in cases:
             cases.append(key)
     passes = [p for p in ("fwd", "bwd", "fwdbwd") if any(r["pass"] == p for r in timed)]
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.28 * len(cases) * max(1, len(passes)) + 1.5)))
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.16 * len(cases) * max(1, len(passes)) + 1.5)))
     height = 0.8 / max(1, len(passes))
     for i, p in enumerate(passes):
         vals = {(r["op"], shape_label(r), r["dtype"], layout_label(r)): r["vs_eager"]
@@ -169,6 +170,7 @@ def plot(rows, path, title):
     ax.set_yticklabels([" ".join(c) for c in cases], fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("torch eager time / normext time (log scale; > 1: normext faster)")
     ax.set_title(title, fontsize=9)

@@ -18,15 +18,26 @@ TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 class Progress:
     """``[12/88] layer_norm (4096, 4096) bf16 fwd`` on stderr: one updating line on a terminal."""
 
-    def __init__(self, total, stream=None):
+    def __init__(self, total, stream=None, clock=time.perf_counter):
         self.total = total
         self.done = 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.clock = clock
+        self.start = clock()
+
+    def eta(self):
+        """Estimated seconds left (from the average so far), None before the first step ends."""
+        if self.done < 2 or self.done >= self.total:
+            return None
+        return (self.clock() - self.start) / (self.done - 1) * (self.total - self.done + 1)
 
     def step(self, text):
         self.done += 1
         line = f"[{self.done}/{self.total}] {text}"
+        eta = self.eta()
+        if eta is not None:
+            line += f"  (~{eta / 60:.0f} min left)" if eta >= 90 else f"  (~{eta:.0f} s left)"
         if self.tty:
             self.stream.write("\r\033[K" + line)
         else:
@@ -124,6 +135,7 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
     """Rows (one per pass) of one case; a case that fails the guard gives one row with 'error'."""
     case = {"op": family.name, "label": spec.label, "shape": list(spec.shape), "groups": spec.groups,
             "dtype": SHORT_DTYPE[dtype], "layout": layout, "device": device}
+    start = time.perf_counter()
     desc = f"{family.name} {tuple(spec.shape)} {case['dtype']}" + (
         f" {'NCHW' if layout == 'contiguous' else 'channels_last'}" if family.spatial else "")
     built = family.build(spec, dtype, layout, device)
@@ -145,7 +157,7 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
         # Compiled before any timing, so compile workers are idle while we measure.
         torch._dynamo.reset()
         compiled = torch.compile(built.eager, dynamic=False)
-        start = time.perf_counter()
+        compile_start = time.perf_counter()
         try:
             for p in passes:
                 pass_fn(p, compiled, built.inputs, grads)()
@@ -153,7 +165,7 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
         except Exception as e:  # noqa: BLE001  (a baseline that fails is reported, not fatal)
             compile_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             progress.note(f"torch.compile failed for {desc}: {compile_error}")
-        case["compile_s"] = time.perf_counter() - start
+        case["compile_s"] = time.perf_counter() - compile_start
 
     before = cpu_snapshot()
     out = torch.empty_like(built.x, memory_format=torch.preserve_format)
@@ -185,4 +197,5 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
     after = cpu_snapshot()
     for row in rows:
         row["other_cpu"] = foreign_cpu(before, after) if device == "cpu" else None
+        row["case_wall_s"] = time.perf_counter() - start
     return rows

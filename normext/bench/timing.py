@@ -51,7 +51,8 @@ class CpuTimer:
         import torch
         from torch.utils import benchmark
 
-        fn()  # warm-up: lazy init, allocator caches
+        # NB: blocked_autorange's block-size estimate calls fn() before measuring: that is the
+        # warm-up (the case's correctness check has already run every callable once).
         # NB: Timer defaults to num_threads=1; pass the process setting so the benchmark measures
         # what the user gets.
         timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
