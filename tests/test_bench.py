@@ -67,7 +67,7 @@ def every_op(monkeypatch):
 def test_cli_end_to_end_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "normext.bench", "--quick", "--op", "group_norm", "--tiny", "--no-compile",
-           "--dtype", "float32", "--min-time", "0.005", "--json", str(out)]
+           "--dtype", "float32", "--min-time", "0.005", "--threads", "1", "--json", str(out)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -81,7 +81,7 @@ def test_cli_end_to_end_json(tmp_path):
     assert data["schema"] == report.SCHEMA
     for key in ("cpu", "cores", "torch", "threads", "allocator", "device", "cpu_capability"):
         assert key in data["machine"]
-    assert data["device"] == "cpu" and not data["errors"]
+    assert data["device"] == "cpu" and data["machine"]["threads"] == 1 and not data["errors"]
     rows = data["rows"]
     assert {(r["layout"], r["pass"]) for r in rows} == {
         (lay, p) for lay in ("contiguous", "channels_last") for p in ("fwd", "fwdbwd")}
@@ -103,9 +103,11 @@ def test_cli_end_to_end_json(tmp_path):
     assert all(t["device"] == "cpu" for t in data["targets"])
 
 
-def test_every_op_family_runs(every_op, tmp_path, capsys):
+def test_every_op_family_runs(every_op, restore_num_threads, tmp_path, capsys):
     out = tmp_path / "all.json"
-    rc = cli.main(["--tiny", "--no-compile", "--dtype", "fp32", "--min-time", "0.002", "--json", str(out)])
+    # NB: one thread: tiny ops on a loaded 2-core box otherwise wait on descheduled OpenMP workers
+    rc = cli.main(["--tiny", "--no-compile", "--dtype", "fp32", "--min-time", "0.002", "--threads", "1",
+                   "--json", str(out)])
     text = capsys.readouterr()
     assert rc == 0, text.out + text.err
     data = json.loads(out.read_text())
