@@ -145,7 +145,9 @@ def check_plot_available():
 
 
 def plot(rows, path, title):
-    """Horizontal bars of the ratio vs torch eager per op and case (log scale), one color per pass."""
+    """Bars of the ratio vs torch eager (log scale), one panel per op, one bar per case and pass."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,28 +155,44 @@ def plot(rows, path, title):
     import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.FuncFormatter below)
 
     timed = [r for r in rows if "error" not in r and r.get("vs_eager")]
-    cases = []
-    for r in timed:
-        key = (r["op"], shape_label(r), r["dtype"], layout_label(r))
-        if key not in cases:
-            cases.append(key)
+    ops = list(dict.fromkeys(r["op"] for r in timed))
     passes = [p for p in ("fwd", "bwd", "fwdbwd") if any(r["pass"] == p for r in timed)]
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.16 * len(cases) * max(1, len(passes)) + 1.5)))
+    if not ops:
+        raise SystemExit("--plot: no timed rows to plot")
+    cases = {op: list(dict.fromkeys((shape_label(r), r["dtype"], layout_label(r)) for r in timed if r["op"] == op))
+             for op in ops}
+    ncols = 1 if len(ops) == 1 else 2
+    nrows = math.ceil(len(ops) / ncols)
+    per_row = [max(len(cases[op]) for op in ops[i * ncols:(i + 1) * ncols]) for i in range(nrows)]
+    bar_in = 0.13 * max(1, len(passes))
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(7.5 * ncols, sum(bar_in * n + 0.9 for n in per_row)),
+                             gridspec_kw={"height_ratios": [n + 2 for n in per_row]})
+    lo = min(r["vs_eager"] for r in timed)
+    hi = max(r["vs_eager"] for r in timed)
     height = 0.8 / max(1, len(passes))
-    for i, p in enumerate(passes):
-        vals = {(r["op"], shape_label(r), r["dtype"], layout_label(r)): r["vs_eager"]
-                for r in timed if r["pass"] == p}
-        ys = [k + i * height for k, c in enumerate(cases) if c in vals]
-        ax.barh(ys, [vals[c] for c in cases if c in vals], height=height, label=PASS_LABEL[p])
-    ax.set_yticks([k + height * (len(passes) - 1) / 2 for k in range(len(cases))])
-    ax.set_yticklabels([" ".join(c) for c in cases], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xlabel("torch eager time / normext time (log scale; > 1: normext faster)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right")
+    for i, op in enumerate(ops):
+        ax = axes[i // ncols][i % ncols]
+        for j, p in enumerate(passes):
+            vals = {(shape_label(r), r["dtype"], layout_label(r)): r["vs_eager"]
+                    for r in timed if r["op"] == op and r["pass"] == p}
+            ys = [k + j * height for k, c in enumerate(cases[op]) if c in vals]
+            ax.barh(ys, [vals[c] for c in cases[op] if c in vals], height=height, label=PASS_LABEL[p],
+                    color=f"C{j}")
+        ax.set_yticks([k + height * (len(passes) - 1) / 2 for k in range(len(cases[op]))])
+        ax.set_yticklabels([" ".join(c) for c in cases[op]], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlim(min(lo, 0.5) / 1.2, max(hi, 2.0) * 1.2)
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_title(op, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for k in range(len(ops), nrows * ncols):
+        axes[k // ncols][k % ncols].axis("off")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.suptitle(title + "\ntorch eager time / normext time (log scale; > 1: normext faster)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
