@@ -292,7 +292,7 @@ FAMILIES = [
              _has("add_rms_norm"), "x + r, then F.rms_norm"),
     OpFamily("dyt", "DyT", ROW_SHAPES, False, _build_rows("dyt"), _has("dyt"),
              "w * torch.tanh(a * x) + b"),
-    OpFamily("batch_norm", "BatchNorm (train)", BN_SHAPES, True, _build_batch_norm,
+    OpFamily("batch_norm", "BatchNorm train", BN_SHAPES, True, _build_batch_norm,
              _has("batch_norm"), "F.batch_norm(training=True)"),
     OpFamily("instance_norm", "InstanceNorm", IN_SHAPES, True, _build_instance_norm,
              _has("instance_norm"), "F.instance_norm"),
