@@ -17,7 +17,6 @@ Timing: CPU: torch.utils.benchmark blocked_autorange (adaptive repetition), tcma
 
 import argparse
 import os
-import sys
 import time
 
 import torch
