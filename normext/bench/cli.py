@@ -222,7 +222,9 @@ def main(argv=None, allocator="default (not re-exec'd)"):
     log(f"\n{len(rows)} rows in {wall:.0f} s (torch.compile compilation {compile_total:.0f} s)"
         + (f"; other processes used {other * 100:.0f}% of the CPU meanwhile" if other is not None else ""))
     if other is not None and other > 0.05:
-        log("WARNING: the machine was shared during the run: compare ratios within this run only.")
+        log("WARNING: the machine was shared during the run: compare ratios within this run only"
+            + ("; OpenMP regions wait for descheduled workers on a busy box, --threads 1 is steadier."
+               if torch.get_num_threads() > 1 and other > 0.25 else "."))
     for e in errors:
         log(f"FAILED: {e['op']} {tuple(e['shape'])} {e['dtype']} {e['layout']}: {e['error']}")
 
