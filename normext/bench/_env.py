@@ -1,7 +1,6 @@
-"""Shared helpers for the normext benchmarks: allocator setup, machine info, timing, bandwidth.
+"""Environment of a benchmark run: allocator (tcmalloc re-exec), machine description, CPU load.
 
-Only the standard library is imported at module level, so a script can call
-``ensure_tcmalloc()`` (which may re-exec the process) before paying for ``import torch``.
+Only the standard library is imported at module level.
 """
 
 import ctypes.util
@@ -50,7 +49,10 @@ def ensure_tcmalloc():
         env["LD_PRELOAD"] = (lib + " " + env.get("LD_PRELOAD", "")).strip()
         env[_REEXEC_MARK] = "1"
         sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
+        sys.stderr.flush()
+        # NB: orig_argv keeps ``-m normext.bench``; sys.argv[0] would be the path of __main__.py,
+        # which breaks the package's imports when run as a script.
+        os.execve(sys.executable, list(getattr(sys, "orig_argv", [sys.executable] + sys.argv)), env)
     msg = "glibc malloc — large tensors include page-fault time"
     print("WARNING: allocator: " + msg + " (install libtcmalloc-minimal4)", file=sys.stderr)
     return msg
@@ -78,10 +80,11 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def machine_info(allocator):
+def machine_info(allocator, device="cpu"):
+    """What the numbers were measured on: goes into the JSON and the header of the report."""
     import torch
 
-    return {
+    info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -90,29 +93,17 @@ def machine_info(allocator):
         "threads": torch.get_num_threads(),
         "allocator": allocator,
         "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
     }
-
-
-def measure(fn, min_run_time=0.2):
-    """torch.utils.benchmark Measurement of ``fn()`` (blocked_autorange): use .median, .iqr.
-
-    NB: Timer defaults to num_threads=1; pass the process setting so the benchmark measures
-    what the user gets.
-    """
-    import torch
-    from torch.utils import benchmark
-
-    fn()  # warm-up: lazy init, compilation, allocator caches
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time)
-
-
-def measure_copy(x, min_run_time=0.2):
-    """Measurement of ``out.copy_(x)`` into a preallocated tensor of the same layout."""
-    import torch
-
-    out = torch.empty_like(x, memory_format=torch.preserve_format)
-    return measure(lambda: out.copy_(x), min_run_time)
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        info["gpu"] = props.name
+        info["gpu_memory_bytes"] = props.total_memory
+        info["gpu_sms"] = props.multi_processor_count
+        info["gpu_l2_bytes"] = getattr(props, "L2_cache_size", None)
+        info["cuda"] = torch.version.cuda
+    return info
 
 
 def cpu_snapshot():
