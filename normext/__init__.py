@@ -27,6 +27,12 @@ from normext import _C  # noqa: E402  (loads the library: registers the ops)
 from normext import _meta, _autograd  # noqa: E402,F401  (fake kernels, autograd formulas)
 from normext import functional  # noqa: E402
 from normext.modules import GroupNorm  # noqa: E402
+from normext.modules import (  # noqa: E402
+    BatchNorm1d, BatchNorm2d, BatchNorm3d, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,
+)
+from normext.sync_batch_norm import SyncBatchNorm  # noqa: E402
 from normext.convert import convert  # noqa: E402
 
 __all__ = ["functional", "GroupNorm", "convert"]
+__all__ += ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
+            "InstanceNorm3d", "SyncBatchNorm"]

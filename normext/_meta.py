@@ -98,3 +98,92 @@ def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, o
     dweight = input.new_empty((C if output_mask[1] and weight is not None else 0,), dtype=param_dtype)
     dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
     return dx, dweight, dbias
+
+
+# ---- batch_norm ---------------------------------------------------------------------------------
+
+
+def _bn_param_dtypes(input, *params) -> None:
+    """ATen CPU's is_mixed_type / check_mixed_data_type: the first given parameter decides."""
+    first = next((p.dtype for p in params if p is not None), None)
+    if first is None:
+        return
+    if first == input.dtype:
+        for p in params:
+            if p is not None and p.dtype != input.dtype:
+                raise RuntimeError(
+                    f"expected scalar type {_c10_name(input.dtype)} but found {_c10_name(p.dtype)}"
+                )
+        return
+    check_param_dtypes(input, *params)
+
+
+def check_batch_norm_args(input, weight, bias, running_mean, running_var, training) -> None:
+    """The checks of csrc/ops/batch_norm.cpp (batch_norm_forward_impl), with torch's messages."""
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f'"batch_norm" not implemented for \'{_c10_name(input.dtype)}\'')
+    C = input.shape[1] if input.dim() >= 2 else 0
+    if input.numel() == 0 and input.dim() >= 2:
+        return
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != C:
+            raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
+        if t is None and not training:
+            raise RuntimeError(f"{name} must be defined in evaluation mode")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != C:
+            raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
+        )
+    _bn_param_dtypes(input, weight, bias, running_mean, running_var)
+
+
+@torch.library.register_fake("normext::batch_norm_forward_impl")
+def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var, training, eps):
+    check_batch_norm_args(input, weight, bias, running_mean, running_var, training)
+    y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    if input.numel() == 0:
+        return y, input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc), input.new_empty((0,), dtype=acc)
+    n = C if training else 0
+    return (y, input.new_empty((n,), dtype=acc), input.new_empty((n,), dtype=acc),
+            input.new_empty((n,), dtype=acc))
+
+
+@torch.library.register_fake("normext::batch_norm_backward")
+def _batch_norm_backward_fake(grad_out, input, weight, running_mean, running_var, save_mean,
+                              save_invstd, train, eps, output_mask):
+    C = input.shape[1]
+    param_dtype = weight.dtype if weight is not None else input.dtype
+    dx = (torch.empty_like(input, memory_format=group_norm_memory_format(input))
+          if output_mask[0] else input.new_empty((0,)))
+    dweight = input.new_empty((C if output_mask[1] else 0,), dtype=param_dtype)
+    dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
+    return dx, dweight, dbias
+
+
+@torch.library.register_fake("normext::batch_norm_stats")
+def _batch_norm_stats_fake(input):
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
+
+
+@torch.library.register_fake("normext::batch_norm_elemt")
+def _batch_norm_elemt_fake(input, weight, bias, mean, invstd):
+    _bn_param_dtypes(input, weight, bias)
+    return torch.empty_like(input, memory_format=group_norm_memory_format(input))
+
+
+@torch.library.register_fake("normext::batch_norm_backward_reduce")
+def _batch_norm_backward_reduce_fake(grad_out, input, mean):
+    return _batch_norm_stats_fake(input)
+
+
+@torch.library.register_fake("normext::batch_norm_backward_elemt")
+def _batch_norm_backward_elemt_fake(grad_out, input, weight, mean, invstd, sum_dy, sum_dy_xmu,
+                                    count):
+    return torch.empty_like(input, memory_format=group_norm_memory_format(input))
