@@ -21,19 +21,20 @@ TORCH_LIBRARY(normext, m) {
       "batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean,"
       " Tensor(b!)? running_var, bool training, float momentum, float eps)"
       " -> (Tensor, Tensor, Tensor)");
-  // batch_norm_forward without the running-statistics update (which batch_norm_forward, a
-  // composite, does in place): (y, save_mean, save_invstd, unbiased batch variance). Functional,
-  // so it carries the autograd formula.
+  // batch_norm_forward as a functional op (batch_norm_forward, a composite, copies the new running
+  // statistics in place): (y, save_mean, save_invstd, new running_mean, new running_var), the last
+  // two empty in evaluation or when not given. It carries the autograd formula.
   m.def(
       "batch_norm_forward_impl(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean,"
-      " Tensor? running_var, bool training, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+      " Tensor? running_var, bool training, float momentum, float eps)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Mirrors aten::native_batch_norm_backward: (dx, dweight, dbias); outputs not asked for come
   // back as empty tensors of shape [0].
   m.def(
       "batch_norm_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? running_mean,"
       " Tensor? running_var, Tensor? save_mean, Tensor? save_invstd, bool train, float eps,"
       " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  // Per-channel (mean, M2) of the local batch, for an exact Chan merge across processes.
+  // Per-channel (mean, M2) of the local batch in float64, for an exact Chan merge across processes.
   m.def("batch_norm_stats(Tensor input) -> (Tensor, Tensor)");
   // y = (x - mean) * invstd * weight + bias with given per-channel statistics.
   m.def(

@@ -162,9 +162,9 @@ def _bn_statistics(input, running_mean, running_var, save_mean, save_invstd, tra
 
 
 def _batch_norm_forward_impl_setup_context(ctx, inputs, output):
-    input, weight, bias, running_mean, running_var, training, eps = inputs
-    _, save_mean, save_invstd, var = output
-    ctx.mark_non_differentiable(save_mean, save_invstd, var)
+    input, weight, bias, running_mean, running_var, training, momentum, eps = inputs
+    _, save_mean, save_invstd, new_mean, new_var = output
+    ctx.mark_non_differentiable(save_mean, save_invstd, new_mean, new_var)
     if training:
         ctx.save_for_backward(input, weight, None, None, save_mean, save_invstd)
     else:
@@ -174,7 +174,8 @@ def _batch_norm_forward_impl_setup_context(ctx, inputs, output):
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _batch_norm_forward_impl_backward(ctx, grad_y, grad_mean, grad_invstd, grad_var):
+def _batch_norm_forward_impl_backward(ctx, grad_y, grad_mean, grad_invstd, grad_new_mean,
+                                      grad_new_var):
     input, weight, running_mean, running_var, save_mean, save_invstd = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     need_weight = need_weight and weight is not None
@@ -199,7 +200,7 @@ def _batch_norm_forward_impl_backward(ctx, grad_y, grad_mean, grad_invstd, grad_
         dx if need_input else None,
         dweight if need_weight else None,
         dbias.to(ctx.bias_dtype) if need_bias else None,
-        None, None, None, None,
+        None, None, None, None, None,
     )
 
 

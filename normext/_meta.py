@@ -141,16 +141,19 @@ def check_batch_norm_args(input, weight, bias, running_mean, running_var, traini
 
 
 @torch.library.register_fake("normext::batch_norm_forward_impl")
-def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var, training, eps):
+def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var, training,
+                                  momentum, eps):
     check_batch_norm_args(input, weight, bias, running_mean, running_var, training)
     y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
     acc = acc_dtype(input.dtype)
     C = input.shape[1]
-    if input.numel() == 0:
-        return y, input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc), input.new_empty((0,), dtype=acc)
-    n = C if training else 0
+    n = C if training or input.numel() == 0 else 0
+
+    def new_running(t):
+        return torch.empty_like(t) if training and t is not None else input.new_empty((0,), dtype=acc)
+
     return (y, input.new_empty((n,), dtype=acc), input.new_empty((n,), dtype=acc),
-            input.new_empty((n,), dtype=acc))
+            new_running(running_mean), new_running(running_var))
 
 
 @torch.library.register_fake("normext::batch_norm_backward")
@@ -167,9 +170,8 @@ def _batch_norm_backward_fake(grad_out, input, weight, running_mean, running_var
 
 @torch.library.register_fake("normext::batch_norm_stats")
 def _batch_norm_stats_fake(input):
-    acc = acc_dtype(input.dtype)
     C = input.shape[1]
-    return input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
+    return input.new_empty((C,), dtype=torch.float64), input.new_empty((C,), dtype=torch.float64)
 
 
 @torch.library.register_fake("normext::batch_norm_elemt")
@@ -180,7 +182,9 @@ def _batch_norm_elemt_fake(input, weight, bias, mean, invstd):
 
 @torch.library.register_fake("normext::batch_norm_backward_reduce")
 def _batch_norm_backward_reduce_fake(grad_out, input, mean):
-    return _batch_norm_stats_fake(input)
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
 
 
 @torch.library.register_fake("normext::batch_norm_backward_elemt")

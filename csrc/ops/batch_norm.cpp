@@ -136,10 +136,10 @@ at::Tensor apply(const at::Tensor& input, const at::Tensor& weight, const at::Te
 
 } // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_impl(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_impl(
     const at::Tensor& input, const std::optional<at::Tensor>& weight_opt,
     const std::optional<at::Tensor>& bias_opt, const std::optional<at::Tensor>& running_mean_opt,
-    const std::optional<at::Tensor>& running_var_opt, bool training, double eps,
+    const std::optional<at::Tensor>& running_var_opt, bool training, double momentum, double eps,
     const BatchNormKernels& kernels) {
   NORMEXT_RANGE("normext::batch_norm_forward_impl");
   const at::Tensor weight = value_or_undefined(weight_opt);
@@ -148,6 +148,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_im
   const at::Tensor running_var = value_or_undefined(running_var_opt);
   const int64_t C = num_features_of(input);
   const auto stats_options = input.options().dtype(acc_dtype_of(input));
+  // The running statistics after this step: in training only, and only those given.
+  auto new_running = [&](const at::Tensor& running, const at::Tensor& batch) {
+    if (!training || !running.defined()) {
+      return at::empty({0}, stats_options);
+    }
+    if (!batch.defined()) {  // empty input: unchanged
+      return running.clone();
+    }
+    return (running.to(at::kDouble) * (1 - momentum) + batch * momentum).to(running.scalar_type());
+  };
   check_floating(input);
   if (input.numel() == 0) {
     // ATen returns before checking the parameters: an empty output, (C,) statistics, and the
@@ -156,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_im
                 input.dim());
     return {at::empty_like(input, input.options(), memory_format_of(input)),
             at::zeros({C}, stats_options), at::zeros({C}, stats_options),
-            at::empty({0}, stats_options)};
+            new_running(running_mean, at::Tensor()), new_running(running_var, at::Tensor())};
   }
   check_features("running_mean", C, running_mean);
   TORCH_CHECK(running_mean.defined() || training, "running_mean must be defined in evaluation mode");
@@ -174,19 +184,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_im
     const at::Tensor mean = per_channel(running_mean, input);
     const at::Tensor invstd = invstd_of_var(per_channel(running_var, input), eps);
     return {apply(input, weight, bias, mean, invstd, kernels), at::empty({0}, stats_options),
-            at::empty({0}, stats_options), at::empty({0}, stats_options)};
+            at::empty({0}, stats_options), at::empty({0}, stats_options),
+            at::empty({0}, stats_options)};
   }
   const at::Tensor X = input.contiguous(memory_format_of(input));
-  at::Tensor mean = at::empty({C}, stats_options);
-  at::Tensor m2 = at::empty({C}, stats_options);
+  const auto double_options = input.options().dtype(at::kDouble);
+  at::Tensor mean = at::empty({C}, double_options);
+  at::Tensor m2 = at::empty({C}, double_options);
   kernels.stats(shape, X, mean, m2);
-  const int64_t count = shape.N * shape.HxW;
-  const at::Tensor invstd =
-      invstd_of_var((m2 / static_cast<double>(count)).clamp_min(0), eps);
-  // NB: the unbiased variance for the running statistics, m2 / (count - 1) as ATen computes it
-  // (inf or nan for a single value per channel).
-  const at::Tensor unbiased_var = m2 / static_cast<double>(count - 1);
-  return {apply(X, weight, bias, mean, invstd, kernels), mean, invstd, unbiased_var};
+  const double count = static_cast<double>(shape.N * shape.HxW);
+  // NB: invstd from the float64 statistics: M2 of a huge float32 input may pass float32's range
+  // while invstd does not.
+  const at::Tensor invstd = invstd_of_var((m2 / count).clamp_min(0), eps).to(acc_dtype_of(input));
+  const at::Tensor save_mean = mean.to(acc_dtype_of(input));
+  // The unbiased variance, m2 / (count - 1) as ATen computes it (inf or nan for one value).
+  return {apply(X, weight, bias, save_mean, invstd, kernels), save_mean, invstd,
+          new_running(running_mean, mean), new_running(running_var, m2 / (count - 1))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
@@ -197,22 +210,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
   static const auto impl =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("normext::batch_norm_forward_impl", "")
-          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
               const at::Tensor&, const std::optional<at::Tensor>&,
               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-              const std::optional<at::Tensor>&, bool, double)>();
-  auto [y, save_mean, save_invstd, unbiased_var] =
-      impl.call(input, weight, bias, running_mean, running_var, training, eps);
-  // running = (1 - momentum) * running + momentum * batch, computed in the accumulation dtype.
-  if (training && input.numel() > 0) {
+              const std::optional<at::Tensor>&, bool, double, double)>();
+  auto [y, save_mean, save_invstd, new_mean, new_var] =
+      impl.call(input, weight, bias, running_mean, running_var, training, momentum, eps);
+  if (training) {
     at::NoGradGuard no_grad;
     if (running_mean.has_value() && running_mean->defined()) {
-      at::Tensor rm = *running_mean;
-      rm.copy_(rm.to(save_mean.scalar_type()) * (1 - momentum) + save_mean * momentum);
+      at::Tensor(*running_mean).copy_(new_mean);
     }
     if (running_var.has_value() && running_var->defined()) {
-      at::Tensor rv = *running_var;
-      rv.copy_(rv.to(unbiased_var.scalar_type()) * (1 - momentum) + unbiased_var * momentum);
+      at::Tensor(*running_var).copy_(new_var);
     }
   }
   return {y, save_mean, save_invstd};
@@ -307,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input,
   check_floating(input);
   TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ",
               input.dim());
-  const auto stats_options = input.options().dtype(acc_dtype_of(input));
+  const auto stats_options = input.options().dtype(at::kDouble);
   const int64_t C = input.size(1);
   at::Tensor mean = at::zeros({C}, stats_options);
   at::Tensor m2 = at::zeros({C}, stats_options);

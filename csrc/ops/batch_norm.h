@@ -26,7 +26,8 @@ struct BatchNormShape {
 // names; per-channel tensors are (C,) contiguous in the accumulation dtype (float32, float64 for
 // double input).
 struct BatchNormKernels {
-  // Per-channel mean and M2 (sum of squared deviations) over N x HxW, Chan-merged in a fixed order.
+  // Per-channel mean and M2 (sum of squared deviations) over N x HxW, Chan-merged in a fixed
+  // order, as (C,) float64: M2 of a float32 input can pass float32's range.
   void (*stats)(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& mean, at::Tensor& m2);
   // Y = (X - mean[c]) * scale[c] + shift[c].
   void (*apply)(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& mean,
@@ -40,16 +41,16 @@ struct BatchNormKernels {
                      const at::Tensor& b, const at::Tensor& k, at::Tensor& dX);
 };
 
-// The differentiable part of the forward (functional, with an autograd formula): y, save_mean,
-// save_invstd and the unbiased batch variance (empty in evaluation).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_impl(
+// The forward as a functional op (it carries the autograd formula): y, save_mean, save_invstd,
+// and in training the updated running statistics (empty when not given or in evaluation).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_impl(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
-    const std::optional<at::Tensor>& running_var, bool training, double eps,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     const BatchNormKernels& kernels);
 
 // normext::batch_norm_forward, for every device (CompositeImplicitAutograd): batch_norm_forward_impl,
-// then the in-place update of the running statistics in training.
+// then the running statistics copied in place in training.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
@@ -61,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const std::optional<at::Tensor>& save_mean, const std::optional<at::Tensor>& save_invstd,
     bool train, double eps, std::array<bool, 3> output_mask, const BatchNormKernels& kernels);
 
-// SyncBatchNorm's steps: local (mean, M2), the apply with given statistics, the local gradient
+// SyncBatchNorm's steps: local (mean, M2) in float64, the apply with given statistics, the local gradient
 // sums and the input gradient from (globally reduced) sums over `count` elements per channel.
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input,
                                                     const BatchNormKernels& kernels);
@@ -85,12 +86,12 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
 // TORCH_LIBRARY_IMPL(normext, <device>, m).
 template <const BatchNormKernels& kernels>
 struct BatchNormOps {
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
       const at::Tensor& input, const std::optional<at::Tensor>& weight,
       const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
-      const std::optional<at::Tensor>& running_var, bool training, double eps) {
-    return batch_norm_forward_impl(input, weight, bias, running_mean, running_var, training, eps,
-                                   kernels);
+      const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
+    return batch_norm_forward_impl(input, weight, bias, running_mean, running_var, training,
+                                   momentum, eps, kernels);
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       const at::Tensor& grad_out, const at::Tensor& input, const std::optional<at::Tensor>& weight,

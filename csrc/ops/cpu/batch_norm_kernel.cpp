@@ -77,6 +77,9 @@ struct Tiling {
   int64_t task(int64_t n, int64_t c, int64_t j) const { return (n * s.C + c) * per_plane + j; }
 };
 
+// Length of the pieces whose gradient sums are added in double (NCHW).
+constexpr int64_t kSumPiece = 512;
+
 // Per-channel arrays padded to padded_channels(C), as the channels-last loops load whole vectors.
 template <typename acc_t>
 std::vector<acc_t> padded(const acc_t* v, int64_t C) {
@@ -110,8 +113,7 @@ WelfordStat<double> exact_channel_stats(const BatchNormShape& s, const scalar_t*
 // Statistics
 
 template <typename scalar_t>
-void stats_impl(const BatchNormShape& s, const scalar_t* X, at::opmath_type<scalar_t>* mean,
-                at::opmath_type<scalar_t>* m2) {
+void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double* m2) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
@@ -156,8 +158,8 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, at::opmath_type<scal
       if (welford_overflowed(stat)) {
         stat = exact_channel_stats(s, X, c);
       }
-      mean[c] = static_cast<acc_t>(stat.mean);
-      m2[c] = static_cast<acc_t>(stat.m2);
+      mean[c] = stat.mean;
+      m2[c] = stat.m2;
     }
   });
 }
@@ -206,17 +208,30 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
   const Tiling tiling(s);
   const int64_t C = s.C, Cp = cpu::padded_channels(C);
   const auto mean_p = padded(mean, C);
-  // partial[t]: NCHW (ds, db), channels-last [ds Cp | db Cp].
+  // partial[t]: channels-last [ds Cp | db Cp]; partial_nchw[t]: NCHW (ds, db) in double.
   const int64_t stride = s.channels_last ? 2 * Cp : 2;
-  std::vector<acc_t> partial(tiling.tasks * stride);
+  std::vector<acc_t> partial(s.channels_last ? tiling.tasks * stride : 0);
+  std::vector<double> partial_nchw(s.channels_last ? 0 : tiling.tasks * 2);
   at::parallel_for(0, tiling.tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o = tiling.offset(t);
-      acc_t* out = &partial[t * stride];
       if (s.channels_last) {
+        acc_t* out = &partial[t * stride];
         k.grad_sums_cl(dy + o, x + o, tiling.length(t), C, mean_p.data(), out, out + Cp);
       } else {
-        k.grad_sums(dy + o, x + o, tiling.length(t), mean[tiling.channel(t)], out, out + 1);
+        // NB: pieces of kSumPiece elements summed in double: sum dy * (x - mean) need not be
+        // centered (running statistics in evaluation), and long fp32 lane sums would lose ulps.
+        double ds = 0, db = 0;
+        const int64_t n = tiling.length(t);
+        for (int64_t i = 0; i < n; i += kSumPiece) {
+          acc_t ds_i, db_i;
+          k.grad_sums(dy + o + i, x + o + i, std::min(kSumPiece, n - i), mean[tiling.channel(t)],
+                      &ds_i, &db_i);
+          ds += ds_i;
+          db += db_i;
+        }
+        partial_nchw[2 * t] = ds;
+        partial_nchw[2 * t + 1] = db;
       }
     }
   });
@@ -233,8 +248,8 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
         for (int64_t n = 0; n < s.N; ++n) {
           for (int64_t j = 0; j < tiling.per_plane; ++j) {
             const int64_t t = tiling.task(n, c, j);
-            ds += static_cast<double>(partial[t * stride]);
-            db += static_cast<double>(partial[t * stride + 1]);
+            ds += partial_nchw[2 * t];
+            db += partial_nchw[2 * t + 1];
           }
         }
       }
@@ -283,9 +298,8 @@ void stats_cpu(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& mea
                at::Tensor& m2) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, X.scalar_type(), "batch_norm_stats_cpu",
                                   [&] {
-                                    using acc_t = at::opmath_type<scalar_t>;
                                     stats_impl(shape, X.const_data_ptr<scalar_t>(),
-                                               mean.data_ptr<acc_t>(), m2.data_ptr<acc_t>());
+                                               mean.data_ptr<double>(), m2.data_ptr<double>());
                                   });
 }
 
