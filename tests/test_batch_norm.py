@@ -225,7 +225,7 @@ def test_compile_fullgraph_matches_eager(layout):
         (y * r).sum().backward()
         (yc * r).sum().backward()
     for (n, p), (_, pc) in zip(model.named_parameters(), model_c.named_parameters()):
-        torch.testing.assert_close(pc.grad, p.grad, msg=n)
+        torch.testing.assert_close(pc.grad, p.grad, atol=1e-4, rtol=1e-4, msg=n)  # conv bias: ~0
     for (n, bf), (_, bc) in zip(model.named_buffers(), model_c.named_buffers()):
         torch.testing.assert_close(bc, bf, msg=n)
     model.eval()
