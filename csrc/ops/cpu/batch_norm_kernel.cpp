@@ -77,8 +77,9 @@ struct Tiling {
   int64_t task(int64_t n, int64_t c, int64_t j) const { return (n * s.C + c) * per_plane + j; }
 };
 
-// Length of the pieces whose gradient sums are added in double (NCHW).
+// Pieces whose gradient sums are added in double: elements NCHW, rows channels-last.
 constexpr int64_t kSumPiece = 512;
+constexpr int64_t kSumRows = 32;
 
 // Per-channel arrays padded to padded_channels(C), as the channels-last loops load whole vectors.
 template <typename acc_t>
@@ -208,30 +209,34 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
   const Tiling tiling(s);
   const int64_t C = s.C, Cp = cpu::padded_channels(C);
   const auto mean_p = padded(mean, C);
-  // partial[t]: channels-last [ds Cp | db Cp]; partial_nchw[t]: NCHW (ds, db) in double.
-  const int64_t stride = s.channels_last ? 2 * Cp : 2;
-  std::vector<acc_t> partial(s.channels_last ? tiling.tasks * stride : 0);
-  std::vector<double> partial_nchw(s.channels_last ? 0 : tiling.tasks * 2);
+  // partial[t]: (ds, db) of task t in double, channels-last [ds C | db C], NCHW one pair.
+  // NB: pieces of kSumPiece elements (kSumRows rows) are summed in double: sum dy * (x - mean)
+  // need not be centered (running statistics in evaluation), and long fp32 lane sums lose ulps.
+  const int64_t stride = s.channels_last ? 2 * C : 2;
+  std::vector<double> partial(tiling.tasks * stride);
   at::parallel_for(0, tiling.tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> piece(s.channels_last ? 2 * Cp : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t o = tiling.offset(t);
+      const int64_t n = tiling.length(t);
+      double* out = &partial[t * stride];
       if (s.channels_last) {
-        acc_t* out = &partial[t * stride];
-        k.grad_sums_cl(dy + o, x + o, tiling.length(t), C, mean_p.data(), out, out + Cp);
+        for (int64_t r = 0; r < n; r += kSumRows) {
+          k.grad_sums_cl(dy + o + r * C, x + o + r * C, std::min(kSumRows, n - r), C,
+                         mean_p.data(), piece.data(), piece.data() + Cp);
+          for (int64_t c = 0; c < C; ++c) {
+            out[c] += piece[c];
+            out[C + c] += piece[Cp + c];
+          }
+        }
       } else {
-        // NB: pieces of kSumPiece elements summed in double: sum dy * (x - mean) need not be
-        // centered (running statistics in evaluation), and long fp32 lane sums would lose ulps.
-        double ds = 0, db = 0;
-        const int64_t n = tiling.length(t);
         for (int64_t i = 0; i < n; i += kSumPiece) {
           acc_t ds_i, db_i;
           k.grad_sums(dy + o + i, x + o + i, std::min(kSumPiece, n - i), mean[tiling.channel(t)],
                       &ds_i, &db_i);
-          ds += ds_i;
-          db += db_i;
+          out[0] += ds_i;
+          out[1] += db_i;
         }
-        partial_nchw[2 * t] = ds;
-        partial_nchw[2 * t + 1] = db;
       }
     }
   });
@@ -241,15 +246,15 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
       double ds = 0, db = 0;
       if (s.channels_last) {
         for (int64_t t = 0; t < tiling.tasks; ++t) {
-          ds += static_cast<double>(partial[t * stride + c]);
-          db += static_cast<double>(partial[t * stride + Cp + c]);
+          ds += partial[t * stride + c];
+          db += partial[t * stride + C + c];
         }
       } else {
         for (int64_t n = 0; n < s.N; ++n) {
           for (int64_t j = 0; j < tiling.per_plane; ++j) {
             const int64_t t = tiling.task(n, c, j);
-            ds += partial_nchw[2 * t];
-            db += partial_nchw[2 * t + 1];
+            ds += partial[2 * t];
+            db += partial[2 * t + 1];
           }
         }
       }
