@@ -123,7 +123,7 @@ def check_batch_norm_args(input, weight, bias, running_mean, running_var, traini
     if not input.dtype.is_floating_point:
         raise NotImplementedError(f'"batch_norm" not implemented for \'{_c10_name(input.dtype)}\'')
     C = input.shape[1] if input.dim() >= 2 else 0
-    if input.numel() == 0 and input.dim() >= 2:
+    if input.numel() == 0:
         return
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
         if t is not None and t.numel() != C:
@@ -146,7 +146,7 @@ def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var
     check_batch_norm_args(input, weight, bias, running_mean, running_var, training)
     y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
     acc = acc_dtype(input.dtype)
-    C = input.shape[1]
+    C = input.shape[1] if input.dim() >= 2 else 0
     n = C if training or input.numel() == 0 else 0
 
     def new_running(t):
@@ -159,7 +159,7 @@ def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var
 @torch.library.register_fake("normext::batch_norm_backward")
 def _batch_norm_backward_fake(grad_out, input, weight, running_mean, running_var, save_mean,
                               save_invstd, train, eps, output_mask):
-    C = input.shape[1]
+    C = input.shape[1] if input.dim() >= 2 else 0
     param_dtype = weight.dtype if weight is not None else input.dtype
     dx = (torch.empty_like(input, memory_format=group_norm_memory_format(input))
           if output_mask[0] else input.new_empty((0,)))

@@ -64,6 +64,10 @@ def run_bn(fn, x, rm, rv, w, b, training, momentum=0.1, eps=1e-5, grad=None):
 def test_parity_with_torch(device, shape, dtype, param_dtype, layout, training):
     if not layout_applies(layout, len(shape)):
         pytest.skip("layout needs 4D/5D")
+    if layout == "permuted" and dtype != torch.float32:
+        pytest.skip("other strides are copied to NCHW: one dtype is enough")
+    if dtype == torch.float16 and layout != "contiguous":
+        pytest.skip("float16 shares bfloat16's code paths")
     if training and shape[0] * math.prod(shape[2:]) == 1:
         pytest.skip("training needs more than one value per channel")
     C = shape[1]

@@ -162,8 +162,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   if (input.numel() == 0) {
     // ATen returns before checking the parameters: an empty output, (C,) statistics, and the
     // running statistics untouched.
-    TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ",
-                input.dim());
     return {at::empty_like(input, input.options(), memory_format_of(input)),
             at::zeros({C}, stats_options), at::zeros({C}, stats_options),
             new_running(running_mean, at::Tensor()), new_running(running_var, at::Tensor())};
@@ -237,10 +235,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     std::array<bool, 3> output_mask, const BatchNormKernels& kernels) {
   NORMEXT_RANGE("normext::batch_norm_backward");
   check_floating(input);
-  TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ",
-              input.dim());
   const at::Tensor weight = value_or_undefined(weight_opt);
-  const int64_t C = input.size(1);
+  const int64_t C = num_features_of(input);
   check_features("weight", C, weight);
   check_same_device(input, {grad_out, weight});
   TORCH_CHECK(grad_out.sizes() == input.sizes(), "Expected grad_out of shape ", input.sizes(),
@@ -260,6 +256,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
             masked(output_mask[1], at::zeros({C}, param_options), param_options),
             masked(output_mask[2], at::zeros({C}, param_options), param_options)};
   }
+  TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ",
+              input.dim());
   at::Tensor mean, invstd;
   if (train) {
     TORCH_CHECK(save_mean_opt.has_value() && save_invstd_opt.has_value() &&
