@@ -213,7 +213,7 @@ def test_convert_root_group_norm_without_affine(device):
 
 def test_convert_leaves_subclasses_and_other_modules_alone():
     sub = MyGroupNorm(2, 8)
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), sub, nn.GroupNorm(2, 8), nn.BatchNorm2d(8), nn.LayerNorm(4))
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), sub, nn.GroupNorm(2, 8), nn.Identity(), nn.LayerNorm(4))
     conv, bn, ln = model[0], model[3], model[4]
     normext.convert(model)
     assert model[1] is sub and type(model[1]) is MyGroupNorm
