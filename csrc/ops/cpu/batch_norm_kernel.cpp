@@ -136,33 +136,58 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
       }
     }
   });
-  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      WelfordStat<double> stat{0, 0, 0};
-      auto take = [&](int64_t t, const acc_t* p) {
-        stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(p[0]),
-                                                       static_cast<double>(p[s.channels_last ? C : 1]),
-                                                       tiling.length(t)});
-      };
-      if (s.channels_last) {
-        for (int64_t t = 0; t < tiling.tasks; ++t) {
-          take(t, &partial[t * stride + c]);
-        }
-      } else {
+  auto finish = [&](int64_t c, WelfordStat<double> stat) {
+    if (welford_overflowed(stat)) {
+      stat = exact_channel_stats(s, X, c);
+    }
+    mean[c] = stat.mean;
+    m2[c] = stat.m2;
+  };
+  if (!s.channels_last) {
+    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        WelfordStat<double> stat{0, 0, 0};
         for (int64_t n = 0; n < s.N; ++n) {
           for (int64_t j = 0; j < tiling.per_plane; ++j) {
             const int64_t t = tiling.task(n, c, j);
-            take(t, &partial[t * stride]);
+            stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(partial[2 * t]),
+                                                           static_cast<double>(partial[2 * t + 1]),
+                                                           tiling.length(t)});
           }
         }
+        finish(c, stat);
       }
-      if (welford_overflowed(stat)) {
-        stat = exact_channel_stats(s, X, c);
-      }
-      mean[c] = stat.mean;
-      m2[c] = stat.m2;
+    });
+    return;
+  }
+  // NB: channels-last has a partial per (block, channel), numel / 64 of them: instead of a Chan
+  // merge (a division each) they are pooled in double in block order, rows of C channels at a
+  // time: mean = sum n_t mean_t / n, M2 = sum M2_t + n_t (mean_t - mean)^2. The same quantity,
+  // computed from centered terms only, so as stable, and a vectorizable sweep over the partials.
+  const double count = static_cast<double>(s.N * s.HxW);
+  std::vector<double> sum(C, 0.0), sq(C, 0.0);
+  for (int64_t t = 0; t < tiling.tasks; ++t) {
+    const double n_t = static_cast<double>(tiling.length(t));
+    const acc_t* mean_t = &partial[t * stride];
+    for (int64_t c = 0; c < C; ++c) {
+      sum[c] += n_t * static_cast<double>(mean_t[c]);
     }
-  });
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    sum[c] /= count;
+  }
+  for (int64_t t = 0; t < tiling.tasks; ++t) {
+    const double n_t = static_cast<double>(tiling.length(t));
+    const acc_t* mean_t = &partial[t * stride];
+    const acc_t* m2_t = mean_t + C;
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = static_cast<double>(mean_t[c]) - sum[c];
+      sq[c] += static_cast<double>(m2_t[c]) + n_t * d * d;
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    finish(c, WelfordStat<double>{sum[c], sq[c], s.N * s.HxW});
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,16 +265,27 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
       }
     }
   });
-  // NB: chunk sums are added in double: exact enough that the order (fixed anyway) hardly matters.
+  // Task sums are added per channel in task order, in double.
+  if (s.channels_last) {
+    // NB: a sweep over the partials row by row (sequential, vectorizable), not channel by channel.
+    std::vector<double> ds(C, 0.0), db(C, 0.0);
+    for (int64_t t = 0; t < tiling.tasks; ++t) {
+      const double* part = &partial[t * stride];
+      for (int64_t c = 0; c < C; ++c) {
+        ds[c] += part[c];
+        db[c] += part[C + c];
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      sum_dy_xmu[c] = static_cast<acc_t>(ds[c]);
+      sum_dy[c] = static_cast<acc_t>(db[c]);
+    }
+    return;
+  }
   at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double ds = 0, db = 0;
-      if (s.channels_last) {
-        for (int64_t t = 0; t < tiling.tasks; ++t) {
-          ds += partial[t * stride + c];
-          db += partial[t * stride + C + c];
-        }
-      } else {
+      {
         for (int64_t n = 0; n < s.N; ++n) {
           for (int64_t j = 0; j < tiling.per_plane; ++j) {
             const int64_t t = tiling.task(n, c, j);
