@@ -103,6 +103,13 @@ def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, o
 # ---- batch_norm ---------------------------------------------------------------------------------
 
 
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    """c10's ScalarType name (as printed in ATen's messages)."""
+    names = {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16",
+             torch.float16: "Half"}
+    return names.get(dtype) or _c10_name(dtype)
+
+
 def _bn_param_dtypes(input, *params) -> None:
     """ATen CPU's is_mixed_type / check_mixed_data_type: the first given parameter decides."""
     first = next((p.dtype for p in params if p is not None), None)
@@ -112,7 +119,8 @@ def _bn_param_dtypes(input, *params) -> None:
         for p in params:
             if p is not None and p.dtype != input.dtype:
                 raise RuntimeError(
-                    f"expected scalar type {_c10_name(input.dtype)} but found {_c10_name(p.dtype)}"
+                    f"expected scalar type {_scalar_type_name(input.dtype)} but found "
+                    f"{_scalar_type_name(p.dtype)}"
                 )
         return
     check_param_dtypes(input, *params)

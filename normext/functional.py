@@ -45,6 +45,7 @@ def group_norm(
 # ---- batch_norm / instance_norm -----------------------------------------------------------------
 
 _batch_norm_forward = torch.ops.normext.batch_norm_forward.default
+from normext._meta import _bn_param_dtypes  # noqa: E402
 
 
 def batch_norm(
@@ -116,6 +117,8 @@ def instance_norm(
                     ("running_var", running_var)):
         if t is not None and t.numel() != C:
             raise RuntimeError(f"{name} should contain {N * C} elements not {N * t.numel()}")
+    # ATen's batch_norm dtype rules (the first given parameter decides), before GroupNorm's.
+    _bn_param_dtypes(input, weight, bias, running_mean, running_var)
     if not use_input_stats:
         return _batch_norm_forward(input, weight, bias, running_mean, running_var, False,
                                    momentum, eps)[0]

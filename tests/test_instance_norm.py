@@ -110,6 +110,9 @@ ERRORS = {
     "one_spatial": lambda: ((torch.randn(4, 3, 1),), {}),
     "no_running_stats_eval": lambda: ((torch.randn(4, 3, 5),), {"use_input_stats": False}),
     "weight_size": lambda: ((torch.randn(4, 3, 5),), {"weight": torch.ones(2)}),
+    "mixed_dtypes_first_param_decides": lambda: ((torch.randn(4, 3, 5).bfloat16(),),
+                                                 {"weight": torch.ones(3).bfloat16(), "bias": torch.ones(3)}),
+    "mixed_dtypes_double_weight": lambda: ((torch.randn(4, 3, 5).bfloat16(),), {"weight": torch.ones(3).double()}),
     "running_mean_size": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.ones(2),
                                                            "running_var": torch.ones(3)}),
 }
