@@ -31,7 +31,7 @@ def run_in(fn, x, rm, rv, w, b, use_input_stats, grad, momentum=0.1, eps=1e-5):
 
 @pytest.mark.parametrize("shape", [(3, 4, 9), (2, 5, 6, 7), (2, 3, 3, 4, 5), (2, 8, 70, 70)], ids=str)
 @pytest.mark.parametrize("dtype,param_dtype", [(torch.float32,) * 2, (torch.float64,) * 2, (torch.bfloat16,) * 2,
-                                               (torch.float16,) * 2, (torch.bfloat16, torch.float32)],
+                                               (torch.bfloat16, torch.float32)],
                          ids=dtype_id)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("use_input_stats", [True, False])
