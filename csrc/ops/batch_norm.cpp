@@ -185,19 +185,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
             at::empty({0}, stats_options), at::empty({0}, stats_options),
             at::empty({0}, stats_options)};
   }
-  const at::Tensor X = input.contiguous(memory_format_of(input));
+  const at::MemoryFormat format = memory_format_of(input);
+  const at::Tensor X = input.contiguous(format);
   const auto double_options = input.options().dtype(at::kDouble);
   at::Tensor mean = at::empty({C}, double_options);
   at::Tensor m2 = at::empty({C}, double_options);
-  kernels.stats(shape, X, mean, m2);
   const double count = static_cast<double>(shape.N * shape.HxW);
-  // NB: invstd from the float64 statistics: M2 of a huge float32 input may pass float32's range
-  // while invstd does not.
-  const at::Tensor invstd = invstd_of_var((m2 / count).clamp_min(0), eps).to(acc_dtype_of(input));
-  const at::Tensor save_mean = mean.to(acc_dtype_of(input));
+  at::Tensor Y = at::empty_like(X, X.options(), format);
+  at::Tensor invstd = at::empty({C}, stats_options);
+  const at::Tensor weight_acc = weight.defined() ? per_channel(weight, input) : at::Tensor();
+  const at::Tensor bias_acc = bias.defined() ? per_channel(bias, input) : at::Tensor();
+  at::Tensor save_mean;
+  if (kernels.train_forward != nullptr &&
+      kernels.train_forward(shape, X, weight_acc, bias_acc, eps, Y, mean, m2, invstd)) {
+    save_mean = mean.to(acc_dtype_of(input));
+  } else {
+    kernels.stats(shape, X, mean, m2);
+    // NB: invstd from the float64 statistics: M2 of a huge float32 input may pass float32's
+    // range while invstd does not.
+    invstd = invstd_of_var((m2 / count).clamp_min(0), eps).to(acc_dtype_of(input));
+    save_mean = mean.to(acc_dtype_of(input));
+    Y = apply(X, weight, bias, save_mean, invstd, kernels);
+  }
   // The unbiased variance, m2 / (count - 1) as ATen computes it (inf or nan for one value).
-  return {apply(X, weight, bias, save_mean, invstd, kernels), save_mean, invstd,
-          new_running(running_mean, mean), new_running(running_var, m2 / (count - 1))};
+  return {Y, save_mean, invstd, new_running(running_mean, mean),
+          new_running(running_var, m2 / (count - 1))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
@@ -279,8 +291,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
   const BatchNormShape shape = shape_of(input);
   const at::Tensor X = input.contiguous(format);
   const at::Tensor dY = grad_out.contiguous(format);
-  const bool need_sums = (train && output_mask[0]) || output_mask[1] || output_mask[2];
   at::Tensor sum_dy_xmu, sum_dy;
+  if (train && output_mask[0] && kernels.train_backward != nullptr) {
+    sum_dy_xmu = at::empty({C}, acc_options);
+    sum_dy = at::empty({C}, acc_options);
+    at::Tensor dX = at::empty_like(X, X.options(), format);
+    const at::Tensor w = weight.defined() ? per_channel(weight, input) : at::Tensor();
+    if (kernels.train_backward(shape, dY, X, w, mean, invstd, sum_dy_xmu, sum_dy, dX)) {
+      return {dX,
+              masked(output_mask[1], output_mask[1] ? sum_dy_xmu * invstd : at::Tensor(),
+                     param_options),
+              masked(output_mask[2], sum_dy, param_options)};
+    }
+  }
+  const bool need_sums = (train && output_mask[0]) || output_mask[1] || output_mask[2];
   if (need_sums) {
     sum_dy_xmu = at::empty({C}, acc_options);
     sum_dy = at::empty({C}, acc_options);

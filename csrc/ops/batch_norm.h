@@ -39,6 +39,19 @@ struct BatchNormKernels {
   void (*grad_input)(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
                      const at::Tensor& a, const at::Tensor& mean, const at::Tensor& rstd,
                      const at::Tensor& b, const at::Tensor& k, at::Tensor& dX);
+  // Optional one-sweep training paths (nullptr: none), for shapes where a channel's data stays
+  // in cache between its reduction and its elementwise pass. They return false, having done
+  // nothing, where they do not apply (a function of the shape only, so results stay
+  // deterministic), and the op then composes the kernels above.
+  // Forward: mean / m2 (double), invstd (acc) and Y, with weight / bias in acc or undefined.
+  bool (*train_forward)(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& weight,
+                        const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
+                        at::Tensor& m2, at::Tensor& invstd);
+  // Backward with batch statistics: sum_dy_xmu / sum_dy (acc) and dX.
+  bool (*train_backward)(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
+                         const at::Tensor& weight, const at::Tensor& mean,
+                         const at::Tensor& invstd, at::Tensor& sum_dy_xmu, at::Tensor& sum_dy,
+                         at::Tensor& dX);
 };
 
 // The forward as a functional op (it carries the autograd formula): y, save_mean, save_invstd,

@@ -330,6 +330,120 @@ void grad_input_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t
   });
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// One-sweep training paths (NCHW): one task per channel, whose N planes stay in L2 between the
+// reduction and the elementwise pass, so memory is read once instead of twice. Same chunking,
+// leaves and merge order as the kernels above.
+
+// Bytes of a channel's data (all tensors it touches) that stay in the 2 MiB L2 of a core.
+constexpr int64_t kFusedCacheBytes = 1536 * 1024;
+
+template <typename scalar_t>
+bool fusable(const BatchNormShape& s, int tensors) {
+  return !s.channels_last &&
+         s.N * s.HxW * static_cast<int64_t>(sizeof(scalar_t)) * tensors <= kFusedCacheBytes;
+}
+
+template <typename scalar_t>
+void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
+                        const at::opmath_type<scalar_t>* weight,
+                        const at::opmath_type<scalar_t>* bias, double eps, scalar_t* Y,
+                        double* mean, double* m2, at::opmath_type<scalar_t>* invstd) {
+  using T = typename Storage<scalar_t>::type;
+  using acc_t = acc_type<T>;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const auto* x = reinterpret_cast<const T*>(X);
+  auto* y = reinterpret_cast<T*>(Y);
+  const Tiling tiling(s);
+  const double count = static_cast<double>(s.N * s.HxW);
+  at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      WelfordStat<double> stat{0, 0, 0};
+      for (int64_t n = 0; n < s.N; ++n) {
+        for (int64_t j = 0; j < tiling.per_plane; ++j) {
+          const int64_t t = tiling.task(n, c, j);
+          acc_t mean_t, m2_t;
+          k.chunk_stats(x + tiling.offset(t), tiling.length(t), &mean_t, &m2_t);
+          stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(mean_t),
+                                                         static_cast<double>(m2_t),
+                                                         tiling.length(t)});
+        }
+      }
+      if (welford_overflowed(stat)) {
+        stat = exact_channel_stats(s, X, c);
+      }
+      mean[c] = stat.mean;
+      m2[c] = stat.m2;
+      double var = stat.m2 / count;
+      var = var < 0 ? 0 : var;
+      invstd[c] = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
+      const acc_t scale = weight ? invstd[c] * weight[c] : invstd[c];
+      const acc_t shift = bias ? bias[c] : acc_t(0);
+      const acc_t m = static_cast<acc_t>(stat.mean);
+      // NB: backwards, so the planes read last (still in L1/L2) are written first.
+      for (int64_t n = s.N - 1; n >= 0; --n) {
+        for (int64_t j = tiling.per_plane - 1; j >= 0; --j) {
+          const int64_t t = tiling.task(n, c, j);
+          k.normalize(x + tiling.offset(t), y + tiling.offset(t), tiling.length(t), m, scale,
+                      shift);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void train_backward_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t* X,
+                         const at::opmath_type<scalar_t>* weight,
+                         const at::opmath_type<scalar_t>* mean,
+                         const at::opmath_type<scalar_t>* invstd,
+                         at::opmath_type<scalar_t>* sum_dy_xmu, at::opmath_type<scalar_t>* sum_dy,
+                         scalar_t* dX) {
+  using T = typename Storage<scalar_t>::type;
+  using acc_t = acc_type<T>;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const auto* dy = reinterpret_cast<const T*>(dY);
+  const auto* x = reinterpret_cast<const T*>(X);
+  auto* dx = reinterpret_cast<T*>(dX);
+  const Tiling tiling(s);
+  const acc_t inv_count = static_cast<acc_t>(1.0 / static_cast<double>(s.N * s.HxW));
+  at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double ds = 0, db = 0;
+      for (int64_t n = 0; n < s.N; ++n) {
+        for (int64_t j = 0; j < tiling.per_plane; ++j) {
+          const int64_t t = tiling.task(n, c, j);
+          const int64_t o = tiling.offset(t), len = tiling.length(t);
+          double ds_t = 0, db_t = 0;
+          for (int64_t i = 0; i < len; i += kSumPiece) {
+            acc_t ds_i, db_i;
+            k.grad_sums(dy + o + i, x + o + i, std::min(kSumPiece, len - i), mean[c], &ds_i,
+                        &db_i);
+            ds_t += ds_i;
+            db_t += db_i;
+          }
+          ds += ds_t;
+          db += db_t;
+        }
+      }
+      sum_dy_xmu[c] = static_cast<acc_t>(ds);
+      sum_dy[c] = static_cast<acc_t>(db);
+      // dx = a dy + b xhat + k, the coefficients of batch_norm_backward (group_backward_coeffs).
+      const acc_t a = weight ? invstd[c] * weight[c] : invstd[c];
+      const acc_t b = -a * (sum_dy_xmu[c] * invstd[c] * inv_count);
+      const acc_t kc = -a * (sum_dy[c] * inv_count);
+      for (int64_t n = s.N - 1; n >= 0; --n) {
+        for (int64_t j = tiling.per_plane - 1; j >= 0; --j) {
+          const int64_t t = tiling.task(n, c, j);
+          const int64_t o = tiling.offset(t);
+          k.grad_input(dy + o, x + o, dx + o, tiling.length(t), a, mean[c], invstd[c], b, kc);
+        }
+      }
+    }
+  });
+}
+
 template <typename acc_t>
 const acc_t* cptr(const at::Tensor& t) {
   return t.const_data_ptr<acc_t>();
@@ -377,9 +491,54 @@ void grad_input_cpu(const BatchNormShape& shape, const at::Tensor& dY, const at:
       });
 }
 
+template <typename acc_t>
+const acc_t* cptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
+}
+
+bool train_forward_cpu(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& weight,
+                       const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
+                       at::Tensor& m2, at::Tensor& invstd) {
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, X.scalar_type(), "batch_norm_train_forward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        // x is read twice (statistics, then normalize) and y written: 2 tensors in cache.
+        if (!fusable<scalar_t>(shape, 2)) {
+          return;
+        }
+        train_forward_impl(shape, X.const_data_ptr<scalar_t>(), cptr_or_null<acc_t>(weight),
+                           cptr_or_null<acc_t>(bias), eps, Y.data_ptr<scalar_t>(),
+                           mean.data_ptr<double>(), m2.data_ptr<double>(),
+                           invstd.data_ptr<acc_t>());
+        done = true;
+      });
+  return done;
+}
+
+bool train_backward_cpu(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
+                        const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& invstd,
+                        at::Tensor& sum_dy_xmu, at::Tensor& sum_dy, at::Tensor& dX) {
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, X.scalar_type(), "batch_norm_train_backward_cpu", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        // dy and x are read twice and dx written: 3 tensors in cache.
+        if (!fusable<scalar_t>(shape, 3)) {
+          return;
+        }
+        train_backward_impl(shape, dY.const_data_ptr<scalar_t>(), X.const_data_ptr<scalar_t>(),
+                            cptr_or_null<acc_t>(weight), cptr<acc_t>(mean), cptr<acc_t>(invstd),
+                            sum_dy_xmu.data_ptr<acc_t>(), sum_dy.data_ptr<acc_t>(),
+                            dX.data_ptr<scalar_t>());
+        done = true;
+      });
+  return done;
+}
+
 } // namespace
 
-const BatchNormKernels batch_norm_cpu_kernels{&stats_cpu, &apply_cpu, &grad_sums_cpu,
-                                              &grad_input_cpu};
+const BatchNormKernels batch_norm_cpu_kernels{&stats_cpu,       &apply_cpu,         &grad_sums_cpu,
+                                              &grad_input_cpu,  &train_forward_cpu, &train_backward_cpu};
 
 } // namespace normext

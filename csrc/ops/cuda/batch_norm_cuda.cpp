@@ -117,8 +117,8 @@ void grad_input_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at
 } // namespace
 
 extern const BatchNormKernels batch_norm_cuda_kernels;
-const BatchNormKernels batch_norm_cuda_kernels{&stats_cuda, &apply_cuda, &grad_sums_cuda,
-                                               &grad_input_cuda};
+const BatchNormKernels batch_norm_cuda_kernels{&stats_cuda,      &apply_cuda, &grad_sums_cuda,
+                                               &grad_input_cuda, nullptr,     nullptr};
 
 TORCH_LIBRARY_IMPL(normext, CUDA, m) {
   NORMEXT_REGISTER_BATCH_NORM_OPS(m, batch_norm_cuda_kernels);
