@@ -41,4 +41,38 @@ TORCH_LIBRARY(normext, m) {
   m.def(
       "add_rms_norm_forward(Tensor input, Tensor residual, SymInt[] normalized_shape,"
       " Tensor? weight, float? eps) -> (Tensor, Tensor, Tensor)");
+  // ---- BatchNorm (and SyncBatchNorm's steps) ------------------------------------------------
+  // Mirrors aten::native_batch_norm: (y, save_mean, save_invstd), statistics (C,) in the
+  // accumulation dtype; in training the running statistics are updated in place (unbiased
+  // variance); in evaluation they normalize and save_mean / save_invstd are empty.
+  m.def(
+      "batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean,"
+      " Tensor(b!)? running_var, bool training, float momentum, float eps)"
+      " -> (Tensor, Tensor, Tensor)");
+  // batch_norm_forward as a functional op (batch_norm_forward, a composite, copies the new running
+  // statistics in place): (y, save_mean, save_invstd, new running_mean, new running_var), the last
+  // two empty in evaluation or when not given. It carries the autograd formula.
+  m.def(
+      "batch_norm_forward_impl(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean,"
+      " Tensor? running_var, bool training, float momentum, float eps)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Mirrors aten::native_batch_norm_backward: (dx, dweight, dbias); outputs not asked for come
+  // back as empty tensors of shape [0].
+  m.def(
+      "batch_norm_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? running_mean,"
+      " Tensor? running_var, Tensor? save_mean, Tensor? save_invstd, bool train, float eps,"
+      " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Per-channel (mean, M2) of the local batch in float64, for an exact Chan merge across processes.
+  m.def("batch_norm_stats(Tensor input) -> (Tensor, Tensor)");
+  // y = (x - mean) * invstd * weight + bias with given per-channel statistics.
+  m.def(
+      "batch_norm_elemt(Tensor input, Tensor? weight, Tensor? bias, Tensor mean, Tensor invstd)"
+      " -> Tensor");
+  // Local per-channel (sum_dy, sum_dy_xmu) for the all-reduce of the backward.
+  m.def("batch_norm_backward_reduce(Tensor grad_out, Tensor input, Tensor mean) -> (Tensor, Tensor)");
+  // dx from the (global) sums over `count` elements per channel.
+  m.def(
+      "batch_norm_backward_elemt(Tensor grad_out, Tensor input, Tensor? weight, Tensor mean,"
+      " Tensor invstd, Tensor sum_dy, Tensor sum_dy_xmu, int count) -> Tensor");
+  // ---- end BatchNorm ------------------------------------------------------------------------
 }

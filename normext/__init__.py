@@ -26,12 +26,14 @@ _check_build_matches_torch()
 from normext import _C  # noqa: E402  (loads the library: registers the ops)
 from normext import _meta, _autograd  # noqa: E402,F401  (fake kernels, autograd formulas)
 from normext import functional  # noqa: E402
-from normext.modules import GroupNorm  # noqa: E402
+from normext.modules import (  # noqa: E402
+    BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
+    InstanceNorm3d, LayerNorm, RMSNorm,
+)
+from normext.sync_batch_norm import SyncBatchNorm  # noqa: E402
 from normext.convert import convert  # noqa: E402
 
-__all__ = ["functional", "GroupNorm", "convert"]
-
-# ---- Row norms (LayerNorm, RMSNorm) ----
-from normext.modules import LayerNorm, RMSNorm  # noqa: E402
-
-__all__ += ["LayerNorm", "RMSNorm"]
+__all__ = [
+    "functional", "convert", "GroupNorm", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d",
+    "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm",
+]

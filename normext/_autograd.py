@@ -356,4 +356,130 @@ torch.library.register_autograd(
     "normext::rms_norm_backward",
     _rms_norm_backward_backward,
     setup_context=_rms_norm_backward_setup_context,
+# ---- batch_norm ---------------------------------------------------------------------------------
+
+
+def _bn_bcast(input):
+    return (1, input.shape[1]) + (1,) * (input.dim() - 2)
+
+
+def _bn_reduce_dims(input):
+    return [0] + list(range(2, input.dim()))
+
+
+def batch_norm_backward_math(grad_y, input, weight, mean, invstd, train):
+    """(dx, dweight, dbias) of y = (x - mean) * invstd * weight + bias, as torch ops.
+
+    mean / invstd: (C,), the batch statistics in training (then dx includes their dependence on
+    x) or the running ones in evaluation. Differentiable in every tensor argument.
+    """
+    acc = acc_dtype(input.dtype)
+    bcast, dims = _bn_bcast(input), _bn_reduce_dims(input)
+    x = input.to(acc)
+    dy = grad_y.to(acc)
+    mean = mean.to(acc).reshape(bcast)
+    invstd = invstd.to(acc).reshape(bcast)
+    xhat = (x - mean) * invstd
+    g = dy if weight is None else dy * weight.to(acc).reshape(bcast)
+    if train:
+        dx = invstd * (g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True))
+    else:
+        dx = g * invstd
+    dweight = (dy * xhat).sum(dims)
+    dbias = dy.sum(dims)
+    if weight is not None:
+        dweight, dbias = dweight.to(weight.dtype), dbias.to(weight.dtype)
+    return dx.to(input.dtype), dweight, dbias
+
+
+def _bn_statistics(input, running_mean, running_var, save_mean, save_invstd, train, eps):
+    if train:
+        return save_mean, save_invstd
+    acc = acc_dtype(input.dtype)
+    return running_mean.to(acc), (running_var.to(acc) + eps).rsqrt()
+
+
+def _batch_norm_forward_impl_setup_context(ctx, inputs, output):
+    input, weight, bias, running_mean, running_var, training, momentum, eps = inputs
+    _, save_mean, save_invstd, new_mean, new_var = output
+    ctx.mark_non_differentiable(save_mean, save_invstd, new_mean, new_var)
+    if training:
+        ctx.save_for_backward(input, weight, None, None, save_mean, save_invstd)
+    else:
+        ctx.save_for_backward(input, weight, running_mean, running_var, None, None)
+    ctx.training = training
+    ctx.eps = eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _batch_norm_forward_impl_backward(ctx, grad_y, grad_mean, grad_invstd, grad_new_mean,
+                                      grad_new_var):
+    input, weight, running_mean, running_var, save_mean, save_invstd = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_weight = need_weight and weight is not None
+    need_bias = need_bias and ctx.bias_dtype is not None
+    if torch.is_grad_enabled():
+        # Double backward: in training the statistics must depend on x, so recompute them.
+        if ctx.training and input.numel() > 0:
+            x = input.to(acc_dtype(input.dtype))
+            dims = _bn_reduce_dims(input)
+            mean = x.mean(dims)
+            invstd = (x.var(dims, unbiased=False) + ctx.eps).rsqrt()
+        else:
+            mean, invstd = _bn_statistics(input, running_mean, running_var, save_mean, save_invstd,
+                                          ctx.training, ctx.eps)
+        dx, dweight, dbias = batch_norm_backward_math(grad_y, input, weight, mean, invstd,
+                                                      ctx.training)
+    else:
+        dx, dweight, dbias = torch.ops.normext.batch_norm_backward(
+            grad_y, input, weight, running_mean, running_var, save_mean, save_invstd,
+            ctx.training, ctx.eps, [need_input, need_weight, need_bias])
+    return (
+        dx if need_input else None,
+        dweight if need_weight else None,
+        dbias.to(ctx.bias_dtype) if need_bias else None,
+        None, None, None, None, None,
+    )
+
+
+torch.library.register_autograd(
+    "normext::batch_norm_forward_impl",
+    _batch_norm_forward_impl_backward,
+    setup_context=_batch_norm_forward_impl_setup_context,
+)
+
+
+def _batch_norm_backward_setup_context(ctx, inputs, output):
+    (grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps,
+     output_mask) = inputs
+    ctx.save_for_backward(grad_out, input, weight, running_mean, running_var, save_mean,
+                          save_invstd)
+    ctx.train = train
+    ctx.eps = eps
+    ctx.output_mask = list(output_mask)
+
+
+def _batch_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
+    saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:7]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(saved, needs)]
+        grad_out, input, weight, rm, rv, sm, si = leaves
+        mean, invstd = _bn_statistics(input, rm, rv, sm, si, ctx.train, ctx.eps)
+        outs = batch_norm_backward_math(grad_out, input, weight, mean, invstd, ctx.train)
+        pairs = [(o, g) for o, g, m in zip(outs, (grad_dx, grad_dweight, grad_dbias), ctx.output_mask)
+                 if m and g is not None and g.numel() == o.numel()]
+        inputs = [t for t in leaves if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
+                                         allow_unused=True, materialize_grads=True)
+                     if pairs and inputs else [])
+    result = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
+    return (*result, None, None, None)
+
+
+torch.library.register_autograd(
+    "normext::batch_norm_backward",
+    _batch_norm_backward_backward,
+    setup_context=_batch_norm_backward_setup_context,
 )

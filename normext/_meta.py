@@ -270,3 +270,102 @@ def _add_rms_norm_forward_fake(input, residual, normalized_shape, weight, eps):
     y, summed, _, rstd = _row_norm_forward_fake(input, residual, normalized_shape, weight, None,
                                                 True)
     return y, summed, rstd
+# ---- batch_norm ---------------------------------------------------------------------------------
+
+
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    """c10's ScalarType name (as printed in ATen's messages)."""
+    names = {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16",
+             torch.float16: "Half"}
+    return names.get(dtype) or _c10_name(dtype)
+
+
+def _bn_param_dtypes(input, *params) -> None:
+    """ATen CPU's is_mixed_type / check_mixed_data_type: the first given parameter decides."""
+    first = next((p.dtype for p in params if p is not None), None)
+    if first is None:
+        return
+    if first == input.dtype:
+        for p in params:
+            if p is not None and p.dtype != input.dtype:
+                raise RuntimeError(
+                    f"expected scalar type {_scalar_type_name(input.dtype)} but found "
+                    f"{_scalar_type_name(p.dtype)}"
+                )
+        return
+    check_param_dtypes(input, *params)
+
+
+def check_batch_norm_args(input, weight, bias, running_mean, running_var, training) -> None:
+    """The checks of csrc/ops/batch_norm.cpp (batch_norm_forward_impl), with torch's messages."""
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f'"batch_norm" not implemented for \'{_c10_name(input.dtype)}\'')
+    C = input.shape[1] if input.dim() >= 2 else 0
+    if input.numel() == 0:
+        return
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != C:
+            raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
+        if t is None and not training:
+            raise RuntimeError(f"{name} must be defined in evaluation mode")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != C:
+            raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
+        )
+    _bn_param_dtypes(input, weight, bias, running_mean, running_var)
+
+
+@torch.library.register_fake("normext::batch_norm_forward_impl")
+def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var, training,
+                                  momentum, eps):
+    check_batch_norm_args(input, weight, bias, running_mean, running_var, training)
+    y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1] if input.dim() >= 2 else 0
+    n = C if training or input.numel() == 0 else 0
+
+    def new_running(t):
+        return torch.empty_like(t) if training and t is not None else input.new_empty((0,), dtype=acc)
+
+    return (y, input.new_empty((n,), dtype=acc), input.new_empty((n,), dtype=acc),
+            new_running(running_mean), new_running(running_var))
+
+
+@torch.library.register_fake("normext::batch_norm_backward")
+def _batch_norm_backward_fake(grad_out, input, weight, running_mean, running_var, save_mean,
+                              save_invstd, train, eps, output_mask):
+    C = input.shape[1] if input.dim() >= 2 else 0
+    param_dtype = weight.dtype if weight is not None else input.dtype
+    dx = (torch.empty_like(input, memory_format=group_norm_memory_format(input))
+          if output_mask[0] else input.new_empty((0,)))
+    dweight = input.new_empty((C if output_mask[1] else 0,), dtype=param_dtype)
+    dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
+    return dx, dweight, dbias
+
+
+@torch.library.register_fake("normext::batch_norm_stats")
+def _batch_norm_stats_fake(input):
+    C = input.shape[1]
+    return input.new_empty((C,), dtype=torch.float64), input.new_empty((C,), dtype=torch.float64)
+
+
+@torch.library.register_fake("normext::batch_norm_elemt")
+def _batch_norm_elemt_fake(input, weight, bias, mean, invstd):
+    _bn_param_dtypes(input, weight, bias)
+    return torch.empty_like(input, memory_format=group_norm_memory_format(input))
+
+
+@torch.library.register_fake("normext::batch_norm_backward_reduce")
+def _batch_norm_backward_reduce_fake(grad_out, input, mean):
+    acc = acc_dtype(input.dtype)
+    C = input.shape[1]
+    return input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
+
+
+@torch.library.register_fake("normext::batch_norm_backward_elemt")
+def _batch_norm_backward_elemt_fake(grad_out, input, weight, mean, invstd, sum_dy, sum_dy_xmu,
+                                    count):
+    return torch.empty_like(input, memory_format=group_norm_memory_format(input))

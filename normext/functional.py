@@ -133,3 +133,114 @@ def add_rms_norm(
     shape = _normalized_shape(normalized_shape, "add_rms_norm", 3)
     y, summed, _ = _add_rms_norm_forward(input, residual, shape, weight, eps)
     return y, summed
+# ---- batch_norm / instance_norm -----------------------------------------------------------------
+
+_batch_norm_forward = torch.ops.normext.batch_norm_forward.default
+from normext._meta import _bn_param_dtypes  # noqa: E402
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch Normalization over N and the spatial dims, as torch.nn.functional.batch_norm
+    (running statistics updated in place in training)."""
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias):
+        return handle_torch_function(
+            batch_norm, (input, running_mean, running_var, weight, bias), input, running_mean,
+            running_var, weight=weight, bias=bias, training=training, momentum=momentum, eps=eps,
+        )
+    if training:
+        _verify_batch_size(input.size())
+    return _batch_norm_forward(input, weight, bias, running_mean, running_var, training,
+                               momentum, eps)[0]
+
+
+def _verify_spatial_size(size: List[int]) -> None:
+    # Same check and message as torch.nn.functional._verify_spatial_size.
+    size_prods = 1
+    for i in range(2, len(size)):
+        size_prods *= size[i]
+    if size_prods == 1:
+        raise ValueError(
+            f"Expected more than 1 spatial element when training, got input size {size}"
+        )
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Optional[Tensor] = None,
+    running_var: Optional[Tensor] = None,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Instance Normalization per sample and channel, as torch.nn.functional.instance_norm.
+
+    Instance statistics are GroupNorm's with one channel per group (normext::group_norm_forward,
+    native in channels-last too); with use_input_stats=False the running statistics normalize
+    through normext::batch_norm_forward in evaluation mode.
+    """
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias):
+        return handle_torch_function(
+            instance_norm, (input, running_mean, running_var, weight, bias), input,
+            running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
+            use_input_stats=use_input_stats, momentum=momentum, eps=eps,
+        )
+    if use_input_stats:
+        _verify_spatial_size(input.size())
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError(
+            "Expected running_mean and running_var to be defined when use_input_stats is false"
+        )
+    N, C = input.shape[0], input.shape[1]
+    # ATen runs batch_norm on the (1, N * C, *) view with parameters repeated N times: its size
+    # checks (and messages) count N * C features.
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None and t.numel() != C:
+            raise RuntimeError(f"{name} should contain {N * C} elements not {N * t.numel()}")
+    # ATen's batch_norm dtype rules (the first given parameter decides), before GroupNorm's.
+    _bn_param_dtypes(input, weight, bias, running_mean, running_var)
+    if not use_input_stats:
+        return _batch_norm_forward(input, weight, bias, running_mean, running_var, False,
+                                   momentum, eps)[0]
+    if input.numel() == 0:
+        y = _batch_norm_forward(input, weight, bias, None, None, True, momentum, eps)[0]
+        mean = var = None
+    else:
+        y, mean, rstd = _group_norm_forward(input, weight, bias, C, eps)
+    if running_mean is not None or running_var is not None:
+        _update_instance_running_stats(input, running_mean, running_var, mean,
+                                       None if mean is None else rstd, momentum, eps)
+    return y
+
+
+def _update_instance_running_stats(input, running_mean, running_var, mean, rstd, momentum, eps):
+    # As ATen: each instance updates its own copy of the running statistics, and the result is
+    # their mean over the batch (NaN for an empty batch, as in torch).
+    N, C = input.shape[0], input.shape[1]
+    with torch.no_grad():
+        if mean is None:  # empty input: the copies stay as they were
+            if running_mean is not None:
+                running_mean.copy_(running_mean.repeat(N).view(N, C).mean(0))
+            if running_var is not None:
+                running_var.copy_(running_var.repeat(N).view(N, C).mean(0))
+            return
+        if running_mean is not None:
+            batch = mean.reshape(N, C).to(running_mean.dtype)
+            running_mean.copy_((running_mean * (1 - momentum) + batch * momentum).mean(0))
+        if running_var is not None:
+            # Unbiased variance per instance from rstd = 1 / sqrt(var + eps), in double.
+            hw = input.numel() // (N * C)
+            var = (rstd.double().reshape(N, C).pow(-2) - eps) * (hw / (hw - 1))
+            batch = var.to(running_var.dtype)
+            running_var.copy_((running_var * (1 - momentum) + batch * momentum).mean(0))

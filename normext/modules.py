@@ -28,3 +28,79 @@ class RMSNorm(nn.RMSNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+# ---- BatchNorm / InstanceNorm -------------------------------------------------------------------
+
+
+class _BatchNormForward:
+    """torch.nn.modules.batchnorm._BatchNorm.forward, on normext's F.batch_norm."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if self.momentum is None:
+            exponential_average_factor = 0.0
+        else:
+            exponential_average_factor = self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:  # cumulative moving average
+                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                else:  # exponential moving average
+                    exponential_average_factor = self.momentum
+        # Mini-batch statistics in training, and in eval when there are no running buffers.
+        if self.training:
+            bn_training = True
+        else:
+            bn_training = (self.running_mean is None) and (self.running_var is None)
+        # Buffers are passed when they are updated (training and tracked) or used (eval).
+        return F.batch_norm(
+            input,
+            self.running_mean if not self.training or self.track_running_stats else None,
+            self.running_var if not self.training or self.track_running_stats else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            exponential_average_factor,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNormForward, nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d on normext kernels (a subclass: same arguments, state_dict, repr)."""
+
+
+class BatchNorm2d(_BatchNormForward, nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d on normext kernels (a subclass: same arguments, state_dict, repr)."""
+
+
+class BatchNorm3d(_BatchNormForward, nn.BatchNorm3d):
+    """torch.nn.BatchNorm3d on normext kernels (a subclass: same arguments, state_dict, repr)."""
+
+
+class _InstanceNormApply:
+    """torch's _InstanceNorm keeps its forward (checks, warnings, unbatched inputs); only the
+    functional it calls changes."""
+
+    def _apply_instance_norm(self, input: Tensor) -> Tensor:
+        return F.instance_norm(
+            input,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+        )
+
+
+class InstanceNorm1d(_InstanceNormApply, nn.InstanceNorm1d):
+    """torch.nn.InstanceNorm1d on normext kernels (a subclass: same arguments, state_dict, repr)."""
+
+
+class InstanceNorm2d(_InstanceNormApply, nn.InstanceNorm2d):
+    """torch.nn.InstanceNorm2d on normext kernels (a subclass: same arguments, state_dict, repr)."""
+
+
+class InstanceNorm3d(_InstanceNormApply, nn.InstanceNorm3d):
+    """torch.nn.InstanceNorm3d on normext kernels (a subclass: same arguments, state_dict, repr)."""

@@ -1,0 +1,127 @@
+// BatchNorm CUDA registration: the shared op layer (ops/batch_norm.cpp: checks, layout choice,
+// allocation, per-channel math) with the CUDA kernels of batch_norm_kernel.cu. This file turns
+// tensors into raw pointers, plans the launch for the current device, allocates the partial
+// buffers through the caching allocator and enqueues the kernels on the current stream.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/profiling.h"
+#include "ops/batch_norm.h"
+#include "ops/cuda/batch_norm_kernel.h"
+#include "ops/cuda/batch_norm_launch.h"
+
+namespace normext {
+namespace {
+
+cuda::ScalarKind scalar_kind_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return cuda::ScalarKind::Float;
+    case at::kDouble:
+      return cuda::ScalarKind::Double;
+    case at::kHalf:
+      return cuda::ScalarKind::Half;
+    case at::kBFloat16:
+      return cuda::ScalarKind::BFloat16;
+    default:
+      break;
+  }
+  // Unreachable: the op layer accepts floating dtypes only.
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "\"batch_norm\" not implemented for '", t.scalar_type(), "'");
+  return cuda::ScalarKind::Float;
+}
+
+// NB: asked per call of the tensor's device (a cheap driver query), never cached for device 0.
+cuda::bn::BatchNormPlan plan_for(const BatchNormShape& s, const at::Tensor& X) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, X.get_device()));
+  return cuda::bn::make_batch_norm_plan(s.N, s.C, s.HxW, s.channels_last, sms);
+}
+
+void stats_cuda(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& mean,
+                at::Tensor& m2) {
+  NORMEXT_RANGE("normext::batch_norm_stats_cuda");
+  const c10::cuda::CUDAGuard guard(X.device());
+  const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+  at::Tensor partials = at::empty(
+      {plan.partials * static_cast<int64_t>(sizeof(WelfordStat<double>))},
+      X.options().dtype(at::kByte));
+  cuda::bn::StatsArgs args{};
+  args.x = X.const_data_ptr();
+  args.mean = mean.mutable_data_ptr<double>();
+  args.m2 = m2.mutable_data_ptr<double>();
+  args.partials = static_cast<WelfordStat<double>*>(partials.mutable_data_ptr());
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_stats(plan, scalar_kind_of(X), args,
+                                                   c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void apply_cuda(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& mean,
+                const at::Tensor& scale, const at::Tensor& shift, at::Tensor& Y) {
+  NORMEXT_RANGE("normext::batch_norm_apply_cuda");
+  const c10::cuda::CUDAGuard guard(X.device());
+  cuda::bn::ApplyArgs args{};
+  args.x = X.const_data_ptr();
+  args.y = Y.mutable_data_ptr();
+  args.mean = mean.const_data_ptr();
+  args.scale = scale.const_data_ptr();
+  args.shift = shift.const_data_ptr();
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_apply(plan_for(shape, X), scalar_kind_of(X), args,
+                                                   c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void grad_sums_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
+                    const at::Tensor& mean, at::Tensor& sum_dy_xmu, at::Tensor& sum_dy) {
+  NORMEXT_RANGE("normext::batch_norm_grad_sums_cuda");
+  const c10::cuda::CUDAGuard guard(X.device());
+  const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+  at::Tensor partials = at::empty({2 * plan.partials}, X.options().dtype(at::kDouble));
+  cuda::bn::GradSumsArgs args{};
+  args.dy = dY.const_data_ptr();
+  args.x = X.const_data_ptr();
+  args.mean = mean.const_data_ptr();
+  args.sum_dy_xmu = sum_dy_xmu.mutable_data_ptr();
+  args.sum_dy = sum_dy.mutable_data_ptr();
+  args.partials = partials.mutable_data_ptr<double>();
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_sums(plan, scalar_kind_of(X), args,
+                                                       c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void grad_input_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
+                     const at::Tensor& a, const at::Tensor& mean, const at::Tensor& rstd,
+                     const at::Tensor& b, const at::Tensor& k, at::Tensor& dX) {
+  NORMEXT_RANGE("normext::batch_norm_grad_input_cuda");
+  const c10::cuda::CUDAGuard guard(X.device());
+  cuda::bn::GradInputArgs args{};
+  args.dy = dY.const_data_ptr();
+  args.x = X.const_data_ptr();
+  args.dx = dX.mutable_data_ptr();
+  args.a = a.const_data_ptr();
+  args.mean = mean.const_data_ptr();
+  args.rstd = rstd.const_data_ptr();
+  args.b = b.const_data_ptr();
+  args.k = k.const_data_ptr();
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_input(plan_for(shape, X), scalar_kind_of(X),
+                                                        args, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+} // namespace
+
+extern const BatchNormKernels batch_norm_cuda_kernels;
+const BatchNormKernels batch_norm_cuda_kernels{&stats_cuda,      &apply_cuda, &grad_sums_cuda,
+                                               &grad_input_cuda, nullptr,     nullptr};
+
+TORCH_LIBRARY_IMPL(normext, CUDA, m) {
+  NORMEXT_REGISTER_BATCH_NORM_OPS(m, batch_norm_cuda_kernels);
+}
+
+} // namespace normext

@@ -1,0 +1,358 @@
+// BatchNorm CUDA kernels: raw pointers and the launch plan of batch_norm_launch.h, no torch.
+//
+// Deterministic without atomics: each per-channel reduction is cut into pieces by the plan (a
+// function of the shape and the SM count only); a piece is reduced in a fixed order (per-thread
+// loops, then a fixed shared-memory tree) into its own partial, and a channel's partials are
+// merged in split order in double by one thread. The same input on the same device model gives
+// the same bits on every run.
+//
+// Forward:  stats (Welford partial per piece) -> finalize (Chan merge per channel, in double)
+//           -> the op layer folds mean / invstd / weight / bias -> apply y = (x - m) * s + b.
+// Backward: sums (ds = sum dy * (x - mean), db = sum dy per piece) -> finalize (sum per channel
+//           in double) -> the op layer's coefficients -> dx = a dy + b xhat + k.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/welford.h"
+#include "ops/cuda/batch_norm_kernel.h"
+#include "ops/cuda/batch_norm_launch.h"
+
+namespace normext {
+namespace cuda {
+namespace bn {
+namespace {
+
+__device__ __forceinline__ float to_acc(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_acc(double v) {
+  return v;
+}
+__device__ __forceinline__ float to_acc(__half v) {
+  return __half2float(v);
+}
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_type<T> v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ WelfordStat<acc_t> welford_add(WelfordStat<acc_t> s, acc_t v) {
+  s.count += 1;
+  const acc_t delta = v - s.mean;
+  s.mean += delta / static_cast<acc_t>(s.count);
+  s.m2 += delta * (v - s.mean);
+  return s;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ WelfordStat<double> widen(WelfordStat<acc_t> s) {
+  return {static_cast<double>(s.mean), static_cast<double>(s.m2), s.count};
+}
+
+// Fixed-order tree over `lanes` entries of `s` (a power of two), `width` apart, for the first
+// `width` threads' columns: entry 0 of each column ends with the merge of the column.
+template <typename Merge, typename V>
+__device__ __forceinline__ void tree_reduce(V* s, int lanes, int width, Merge merge) {
+  for (int stride = lanes / 2; stride > 0; stride /= 2) {
+    __syncthreads();
+    const int lane = static_cast<int>(threadIdx.x) / width;
+    if (lane < stride) {
+      s[threadIdx.x] = merge(s[threadIdx.x], s[threadIdx.x + stride * width]);
+    }
+  }
+  __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+template <typename T>
+__global__ void __launch_bounds__(kBlockThreads)
+    stats_kernel(BatchNormPlan p, const T* __restrict__ x, WelfordStat<double>* partials) {
+  using acc_t = acc_type<T>;
+  __shared__ WelfordStat<double> shared[kBlockThreads];
+  auto merge = [](WelfordStat<double> a, WelfordStat<double> b) { return welford_merge(a, b); };
+  for (int64_t item = blockIdx.x; item < p.reduce_items; item += gridDim.x) {
+    const int64_t tile = item_tile(p, item), split = item_split(p, item);
+    const int64_t begin = piece_begin(p, split), end = piece_end(p, split);
+    WelfordStat<acc_t> s{0, 0, 0};
+    if (p.channels_last) {
+      const int64_t c = tile * kChannelTile + threadIdx.x % kChannelTile;
+      if (c < p.C) {
+        for (int64_t r = begin + threadIdx.x / kChannelTile; r < end; r += kRowLanes) {
+          s = welford_add(s, to_acc(x[r * p.C + c]));
+        }
+      }
+      shared[threadIdx.x] = widen(s);
+      tree_reduce(shared, kRowLanes, kChannelTile, merge);
+      if (threadIdx.x < kChannelTile && c < p.C) {
+        partials[partial_index(p, c, split)] = shared[threadIdx.x];
+      }
+    } else {
+      for (int64_t i = begin + threadIdx.x; i < end; i += kBlockThreads) {
+        s = welford_add(s, to_acc(x[nchw_offset(p, tile, i)]));
+      }
+      shared[threadIdx.x] = widen(s);
+      tree_reduce(shared, kBlockThreads, 1, merge);
+      if (threadIdx.x == 0) {
+        partials[partial_index(p, tile, split)] = shared[0];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void __launch_bounds__(kBlockThreads)
+    stats_finalize_kernel(BatchNormPlan p, const WelfordStat<double>* partials, double* mean,
+                          double* m2) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < p.C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    WelfordStat<double> s{0, 0, 0};
+    for (int64_t split = 0; split < p.splits; ++split) {
+      s = welford_merge(s, partials[partial_index(p, c, split)]);
+    }
+    mean[c] = s.mean;
+    m2[c] = s.m2;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradient sums
+
+struct Sums {
+  double ds;
+  double db;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kBlockThreads)
+    grad_sums_kernel(BatchNormPlan p, const T* __restrict__ dy, const T* __restrict__ x,
+                     const acc_type<T>* __restrict__ mean, double* partials) {
+  using acc_t = acc_type<T>;
+  __shared__ Sums shared[kBlockThreads];
+  auto merge = [](Sums a, Sums b) { return Sums{a.ds + b.ds, a.db + b.db}; };
+  for (int64_t item = blockIdx.x; item < p.reduce_items; item += gridDim.x) {
+    const int64_t tile = item_tile(p, item), split = item_split(p, item);
+    const int64_t begin = piece_begin(p, split), end = piece_end(p, split);
+    acc_t ds = 0, db = 0;
+    int64_t c = tile;
+    if (p.channels_last) {
+      c = tile * kChannelTile + threadIdx.x % kChannelTile;
+      if (c < p.C) {
+        const acc_t m = mean[c];
+        for (int64_t r = begin + threadIdx.x / kChannelTile; r < end; r += kRowLanes) {
+          const acc_t g = to_acc(dy[r * p.C + c]);
+          ds += g * (to_acc(x[r * p.C + c]) - m);
+          db += g;
+        }
+      }
+      shared[threadIdx.x] = Sums{ds, db};
+      tree_reduce(shared, kRowLanes, kChannelTile, merge);
+    } else {
+      const acc_t m = mean[c];
+      for (int64_t i = begin + threadIdx.x; i < end; i += kBlockThreads) {
+        const int64_t o = nchw_offset(p, c, i);
+        const acc_t g = to_acc(dy[o]);
+        ds += g * (to_acc(x[o]) - m);
+        db += g;
+      }
+      shared[threadIdx.x] = Sums{ds, db};
+      tree_reduce(shared, kBlockThreads, 1, merge);
+    }
+    const bool writer = p.channels_last ? (threadIdx.x < kChannelTile && c < p.C) : threadIdx.x == 0;
+    if (writer) {
+      const Sums s = shared[p.channels_last ? threadIdx.x : 0];
+      partials[2 * partial_index(p, c, split)] = s.ds;
+      partials[2 * partial_index(p, c, split) + 1] = s.db;
+    }
+    __syncthreads();
+  }
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kBlockThreads)
+    grad_sums_finalize_kernel(BatchNormPlan p, const double* partials, acc_t* sum_dy_xmu,
+                              acc_t* sum_dy) {
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < p.C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double ds = 0, db = 0;
+    for (int64_t split = 0; split < p.splits; ++split) {
+      ds += partials[2 * partial_index(p, c, split)];
+      db += partials[2 * partial_index(p, c, split) + 1];
+    }
+    sum_dy_xmu[c] = static_cast<acc_t>(ds);
+    sum_dy[c] = static_cast<acc_t>(db);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+
+template <typename T>
+__global__ void __launch_bounds__(kBlockThreads)
+    apply_kernel(BatchNormPlan p, const T* __restrict__ x, T* __restrict__ y,
+                 const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ scale,
+                 const acc_type<T>* __restrict__ shift) {
+  const int64_t total = p.N * p.C * p.HxW;
+  for (int64_t tile = blockIdx.x; tile < p.elem_tiles; tile += gridDim.x) {
+    const int64_t end = (tile + 1) * kElemTile < total ? (tile + 1) * kElemTile : total;
+    for (int64_t o = tile * kElemTile + threadIdx.x; o < end; o += kBlockThreads) {
+      const int64_t c = channel_of(p, o);
+      y[o] = from_acc<T>((to_acc(x[o]) - mean[c]) * scale[c] + shift[c]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kBlockThreads)
+    grad_input_kernel(BatchNormPlan p, const T* __restrict__ dy, const T* __restrict__ x,
+                      T* __restrict__ dx, const acc_type<T>* __restrict__ a,
+                      const acc_type<T>* __restrict__ mean, const acc_type<T>* __restrict__ rstd,
+                      const acc_type<T>* __restrict__ b, const acc_type<T>* __restrict__ k) {
+  const int64_t total = p.N * p.C * p.HxW;
+  for (int64_t tile = blockIdx.x; tile < p.elem_tiles; tile += gridDim.x) {
+    const int64_t end = (tile + 1) * kElemTile < total ? (tile + 1) * kElemTile : total;
+    for (int64_t o = tile * kElemTile + threadIdx.x; o < end; o += kBlockThreads) {
+      const int64_t c = channel_of(p, o);
+      const auto xhat = (to_acc(x[o]) - mean[c]) * rstd[c];
+      dx[o] = from_acc<T>(a[c] * to_acc(dy[o]) + b[c] * xhat + k[c]);
+    }
+  }
+}
+
+template <typename T>
+cudaError_t stats(const BatchNormPlan& p, const StatsArgs& args, cudaStream_t stream) {
+  stats_kernel<T><<<static_cast<unsigned>(p.reduce_grid), kBlockThreads, 0, stream>>>(
+      p, static_cast<const T*>(args.x), args.partials);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return err;
+  }
+  stats_finalize_kernel<<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(
+      p, args.partials, args.mean, args.m2);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t apply(const BatchNormPlan& p, const ApplyArgs& args, cudaStream_t stream) {
+  using acc_t = acc_type<T>;
+  apply_kernel<T><<<static_cast<unsigned>(p.elem_grid), kBlockThreads, 0, stream>>>(
+      p, static_cast<const T*>(args.x), static_cast<T*>(args.y),
+      static_cast<const acc_t*>(args.mean), static_cast<const acc_t*>(args.scale),
+      static_cast<const acc_t*>(args.shift));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t grad_sums(const BatchNormPlan& p, const GradSumsArgs& args, cudaStream_t stream) {
+  using acc_t = acc_type<T>;
+  grad_sums_kernel<T><<<static_cast<unsigned>(p.reduce_grid), kBlockThreads, 0, stream>>>(
+      p, static_cast<const T*>(args.dy), static_cast<const T*>(args.x),
+      static_cast<const acc_t*>(args.mean), args.partials);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return err;
+  }
+  grad_sums_finalize_kernel<acc_t>
+      <<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(
+          p, args.partials, static_cast<acc_t*>(args.sum_dy_xmu),
+          static_cast<acc_t*>(args.sum_dy));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t grad_input(const BatchNormPlan& p, const GradInputArgs& args, cudaStream_t stream) {
+  using acc_t = acc_type<T>;
+  grad_input_kernel<T><<<static_cast<unsigned>(p.elem_grid), kBlockThreads, 0, stream>>>(
+      p, static_cast<const T*>(args.dy), static_cast<const T*>(args.x), static_cast<T*>(args.dx),
+      static_cast<const acc_t*>(args.a), static_cast<const acc_t*>(args.mean),
+      static_cast<const acc_t*>(args.rstd), static_cast<const acc_t*>(args.b),
+      static_cast<const acc_t*>(args.k));
+  return cudaGetLastError();
+}
+
+template <template <typename> class Fn, typename Args>
+cudaError_t dispatch(ScalarKind kind, const BatchNormPlan& p, const Args& args,
+                     cudaStream_t stream) {
+  switch (kind) {
+    case ScalarKind::Float:
+      return Fn<float>::run(p, args, stream);
+    case ScalarKind::Double:
+      return Fn<double>::run(p, args, stream);
+    case ScalarKind::Half:
+      return Fn<__half>::run(p, args, stream);
+    case ScalarKind::BFloat16:
+      return Fn<__nv_bfloat16>::run(p, args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+struct StatsFn {
+  static cudaError_t run(const BatchNormPlan& p, const StatsArgs& a, cudaStream_t s) {
+    return stats<T>(p, a, s);
+  }
+};
+template <typename T>
+struct ApplyFn {
+  static cudaError_t run(const BatchNormPlan& p, const ApplyArgs& a, cudaStream_t s) {
+    return apply<T>(p, a, s);
+  }
+};
+template <typename T>
+struct GradSumsFn {
+  static cudaError_t run(const BatchNormPlan& p, const GradSumsArgs& a, cudaStream_t s) {
+    return grad_sums<T>(p, a, s);
+  }
+};
+template <typename T>
+struct GradInputFn {
+  static cudaError_t run(const BatchNormPlan& p, const GradInputArgs& a, cudaStream_t s) {
+    return grad_input<T>(p, a, s);
+  }
+};
+
+} // namespace
+
+cudaError_t launch_batch_norm_stats(const BatchNormPlan& plan, ScalarKind kind,
+                                    const StatsArgs& args, cudaStream_t stream) {
+  return dispatch<StatsFn>(kind, plan, args, stream);
+}
+cudaError_t launch_batch_norm_apply(const BatchNormPlan& plan, ScalarKind kind,
+                                    const ApplyArgs& args, cudaStream_t stream) {
+  return dispatch<ApplyFn>(kind, plan, args, stream);
+}
+cudaError_t launch_batch_norm_grad_sums(const BatchNormPlan& plan, ScalarKind kind,
+                                        const GradSumsArgs& args, cudaStream_t stream) {
+  return dispatch<GradSumsFn>(kind, plan, args, stream);
+}
+cudaError_t launch_batch_norm_grad_input(const BatchNormPlan& plan, ScalarKind kind,
+                                         const GradInputArgs& args, cudaStream_t stream) {
+  return dispatch<GradInputFn>(kind, plan, args, stream);
+}
+
+} // namespace bn
+} // namespace cuda
+} // namespace normext

@@ -1,0 +1,381 @@
+"""Tests of normext's BatchNorm: ops, functional, modules, convert.
+
+Correctness against a float64 reference (torch's F.batch_norm on float64 copies): normext's error must
+be no worse than 2x torch's own error at the test dtype, plus one ulp of the output magnitude.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import normext
+import normext.functional
+from conftest import (
+    assert_close_to_ref,
+    assert_same_error,
+    layout_applies,
+    make_input,
+    make_param,
+    to_layout,
+)
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+LOW = (torch.bfloat16, torch.float16)
+ops = torch.ops.normext
+
+
+def dtype_id(d):
+    return str(d).replace("torch.", "")
+
+
+SHAPES = [
+    (4, 3),             # BatchNorm1d on (N, C): channels-last rows
+    (5, 7, 9),          # BatchNorm1d on (N, C, L)
+    (2, 6, 5, 7),       # 2D
+    (3, 20, 70, 70),    # 2D, planes of more than one chunk
+    (2, 5, 3, 4, 6),    # 3D
+    (1, 33, 1, 1),      # one value per channel per sample (N > 1 would be needed to train)
+    (300, 19),          # many rows, C not a multiple of the vector width
+]
+
+
+def run_bn(fn, x, rm, rv, w, b, training, momentum=0.1, eps=1e-5, grad=None):
+    """y, grads (x, w, b) and the running statistics after one step."""
+    x = x.detach().clone().requires_grad_(True)
+    w = None if w is None else w.detach().clone().requires_grad_(True)
+    b = None if b is None else b.detach().clone().requires_grad_(True)
+    rm = None if rm is None else rm.clone()
+    rv = None if rv is None else rv.clone()
+    y = fn(x, rm, rv, w, b, training, momentum, eps)
+    y.backward(grad.to(y.dtype))
+    return y, x.grad, None if w is None else w.grad, None if b is None else b.grad, rm, rv
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype,param_dtype", [(d, d) for d in DTYPES] + [(torch.bfloat16, torch.float32)],
+                         ids=lambda d: dtype_id(d))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_parity_with_torch(device, shape, dtype, param_dtype, layout, training):
+    if not layout_applies(layout, len(shape)):
+        pytest.skip("layout needs 4D/5D")
+    if layout == "permuted" and dtype != torch.float32:
+        pytest.skip("other strides are copied to NCHW: one dtype is enough")
+    if dtype == torch.float16 and layout != "contiguous":
+        pytest.skip("float16 shares bfloat16's code paths")
+    if training and shape[0] * math.prod(shape[2:]) == 1:
+        pytest.skip("training needs more than one value per channel")
+    C = shape[1]
+    x = make_input(shape, dtype, device, layout, scale=2.0, shift=1.0)
+    w = make_param(C, param_dtype, device)
+    b = make_param(C, param_dtype, device, kind="bias")
+    rm = make_param(C, param_dtype, device, kind="bias")
+    rv = make_param(C, param_dtype, device).abs() + 0.1
+    grad = make_input(shape, dtype, device, layout)
+    ours = run_bn(normext.functional.batch_norm, x, rm, rv, w, b, training, grad=grad)
+    theirs = run_bn(F.batch_norm, x, rm, rv, w, b, training, grad=grad)
+    ref = run_bn(F.batch_norm, x.double(), rm.double(), rv.double(), w.double(), b.double(), training,
+                 grad=grad.double())
+    for name, o, t, r in zip(["y", "dx", "dw", "db", "running_mean", "running_var"], ours, theirs, ref):
+        assert o.dtype == t.dtype, name
+        assert_close_to_ref(o, t, r, dtype if name in ("y", "dx") else param_dtype, what=name)
+    if layout == "channels_last":
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        assert ours[0].is_contiguous(memory_format=fmt) and ours[1].is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_mean_float32(device, layout):
+    x = make_input((4, 8, 33, 35), torch.float32, device, layout, shift=1e4)
+    rm, rv = torch.zeros(8, device=device), torch.ones(8, device=device)
+    y = normext.functional.batch_norm(x, rm.clone(), rv.clone(), training=True)
+    ref = F.batch_norm(x.double(), rm.double(), rv.double(), training=True)
+    theirs = F.batch_norm(x, rm.clone(), rv.clone(), training=True)
+    assert_close_to_ref(y, theirs, ref, torch.float32, floor_ulps=4)
+
+
+def test_huge_finite_float32_falls_back_to_exact(device):
+    x = make_input((3, 4, 50), torch.float32, device, scale=3e37)
+    y = normext.functional.batch_norm(x, None, None, training=True)
+    ref = F.batch_norm(x.double(), None, None, training=True)
+    assert torch.isfinite(y).all()
+    assert (y.double() - ref).abs().max() < 1e-5
+
+
+def test_momentum_and_unbiased_running_var(device):
+    x = make_input((6, 3, 4), torch.float64, device)
+    rm, rv = torch.full((3,), 0.5, dtype=torch.float64, device=device), torch.full((3,), 2.0, dtype=torch.float64, device=device)
+    normext.functional.batch_norm(x, rm, rv, training=True, momentum=0.3)
+    mean = x.mean((0, 2))
+    var = x.var((0, 2), unbiased=True)
+    torch.testing.assert_close(rm, 0.7 * 0.5 + 0.3 * mean)
+    torch.testing.assert_close(rv, 0.7 * 2.0 + 0.3 * var)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 3, 0), (0, 5), (2, 0, 3)], ids=str)
+@pytest.mark.parametrize("training", [True, False])
+def test_zero_size(device, shape, training):
+    C = shape[1]
+    x = torch.randn(shape, device=device, requires_grad=True)
+    rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+    y = normext.functional.batch_norm(x, rm, rv, training=training)
+    yt = F.batch_norm(x, rm.clone(), rv.clone(), training=training)
+    assert y.shape == yt.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(rm, torch.zeros(C, device=device))
+
+
+def test_forward_op_outputs(device):
+    x = make_input((4, 3, 5), torch.bfloat16, device)
+    y, mean, invstd = ops.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)
+    _, tmean, tinvstd = torch.native_batch_norm(x.float(), None, None, None, None, True, 0.1, 1e-5)
+    assert mean.dtype == invstd.dtype == torch.float32
+    torch.testing.assert_close(mean, tmean)
+    torch.testing.assert_close(invstd, tinvstd)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    _, m, i = ops.batch_norm_forward(x, None, None, rm, rv, False, 0.1, 1e-5)
+    assert m.shape == i.shape == (0,)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("mask", [[True, True, True], [True, False, False], [False, True, True],
+                                  [False, False, True]], ids=str)
+def test_backward_op_matches_aten(device, train, mask):
+    x = make_input((4, 5, 6, 3), torch.float64, device)
+    g = make_input((4, 5, 6, 3), torch.float64, device)
+    w = make_param(5, torch.float64, device)
+    rm, rv = make_param(5, torch.float64, device, kind="bias"), make_param(5, torch.float64, device) + 1
+    _, sm, si = torch.native_batch_norm(x, w, None, rm.clone(), rv.clone(), train, 0.1, 1e-5)
+    ours = ops.batch_norm_backward(g, x, w, rm, rv, sm if train else None, si if train else None, train,
+                                   1e-5, mask)
+    theirs = torch.ops.aten.native_batch_norm_backward(g, x, w, rm, rv, sm, si, train, 1e-5, mask)
+    for o, t, m in zip(ours, theirs, mask):
+        if m:
+            torch.testing.assert_close(o, t)
+        else:
+            assert o.numel() == 0
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_gradcheck_gradgradcheck(device, layout, training, affine):
+    x = make_input((3, 2, 3, 2), torch.float64, device, layout, requires_grad=True)
+    w = make_param(2, torch.float64, device, requires_grad=True) if affine else None
+    b = make_param(2, torch.float64, device, kind="bias", requires_grad=True) if affine else None
+    rm, rv = torch.zeros(2, dtype=torch.float64, device=device), torch.ones(2, dtype=torch.float64, device=device)
+
+    def fn(x, w, b):
+        return normext.functional.batch_norm(x, rm.clone(), rv.clone(), w, b, training)
+
+    args = (x, w, b)
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+def test_backward_op_gradgradcheck(device):
+    x = make_input((3, 2, 4), torch.float64, device, requires_grad=True)
+    g = make_input((3, 2, 4), torch.float64, device, requires_grad=True)
+    w = make_param(2, torch.float64, device, requires_grad=True)
+    _, sm, si = torch.native_batch_norm(x.detach(), w.detach(), None, None, None, True, 0.1, 1e-5)
+    sm.requires_grad_()
+    si.requires_grad_()
+
+    def fn(g, x, w, sm, si):
+        return ops.batch_norm_backward(g, x, w, None, None, sm, si, True, 1e-5, [True, True, True])
+
+    assert torch.autograd.gradcheck(fn, (g, x, w, sm, si))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(device, layout):
+    x = make_input((3, 4, 5, 2), torch.float32, device, layout, requires_grad=True)
+    w = make_param(4, torch.float32, device, requires_grad=True)
+    b = make_param(4, torch.float32, device, kind="bias", requires_grad=True)
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    torch.library.opcheck(ops.batch_norm_forward.default, (x, w, b, rm, rv, True, 0.1, 1e-5))
+    torch.library.opcheck(ops.batch_norm_forward.default, (x, w, b, rm, rv, False, 0.1, 1e-5))
+    torch.library.opcheck(ops.batch_norm_forward_impl.default, (x, w, b, rm, rv, True, 0.1, 1e-5))
+    xd, g = x.detach(), torch.randn_like(x)
+    _, sm, si = ops.batch_norm_forward(xd, w.detach(), None, None, None, True, 0.1, 1e-5)
+    torch.library.opcheck(ops.batch_norm_backward.default,
+                          (g, xd, w.detach(), rm, rv, sm, si, True, 1e-5, [True, True, False]))
+    torch.library.opcheck(ops.batch_norm_stats.default, (xd,))
+    torch.library.opcheck(ops.batch_norm_elemt.default, (xd, w.detach(), None, sm, si))
+    torch.library.opcheck(ops.batch_norm_backward_reduce.default, (g, xd, sm))
+    torch.library.opcheck(ops.batch_norm_backward_elemt.default,
+                          (g, xd, w.detach(), sm, si, sm + 1, si - 1, 30))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_compile_fullgraph_matches_eager(layout):
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), normext.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1), normext.BatchNorm2d(4, affine=False))
+    model_c = copy.deepcopy(model)
+    x = to_layout(torch.randn(4, 3, 8, 8), layout)
+    compiled = torch.compile(model_c, fullgraph=True)
+    r = torch.randn(4, 4, 8, 8)  # (the plain sum of a normalized output has no gradient)
+    for _ in range(2):
+        y = model(x)
+        yc = compiled(x)
+        torch.testing.assert_close(yc, y)
+        (y * r).sum().backward()
+        (yc * r).sum().backward()
+    for (n, p), (_, pc) in zip(model.named_parameters(), model_c.named_parameters()):
+        torch.testing.assert_close(pc.grad, p.grad, atol=1e-4, rtol=1e-4, msg=n)  # conv bias: ~0
+    for (n, bf), (_, bc) in zip(model.named_buffers(), model_c.named_buffers()):
+        torch.testing.assert_close(bc, bf, msg=n)
+    model.eval()
+    model_c.eval()
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("shape,layout", [((4, 64, 70, 70), "contiguous"), ((4, 64, 40, 30), "channels_last"),
+                                          ((2000, 24), "contiguous")], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_determinism_across_threads(shape, layout, dtype, restore_num_threads):
+    x = make_input(shape, dtype, "cpu", layout, shift=3.0)
+    g = make_input(shape, dtype, "cpu", layout)
+    w = make_param(shape[1], dtype)
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        rm, rv = torch.zeros(shape[1], dtype=dtype), torch.ones(shape[1], dtype=dtype)
+        y, sm, si = ops.batch_norm_forward(x, w, None, rm, rv, True, 0.1, 1e-5)
+        grads = ops.batch_norm_backward(g, x, w, None, None, sm, si, True, 1e-5, [True, True, True])
+        results.append((y, sm, si, rm, rv) + tuple(grads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+ERROR_CASES = {
+    "eval_without_running_mean": lambda d: ((torch.randn(4, 3, device=d), None, torch.ones(3, device=d)), {}),
+    "eval_without_running_var": lambda d: ((torch.randn(4, 3, device=d), torch.ones(3, device=d), None), {}),
+    "running_mean_size": lambda d: ((torch.randn(4, 4, device=d), torch.zeros(3, device=d), torch.ones(4, device=d)), {}),
+    "weight_size": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d), torch.ones(3, device=d)),
+                              {"weight": torch.ones(4, device=d)}),
+    "bias_size": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d), torch.ones(3, device=d)),
+                            {"bias": torch.ones(2, device=d)}),
+    "mixed_double_weight": lambda d: ((torch.randn(4, 3, device=d).bfloat16(), torch.zeros(3, device=d),
+                                       torch.ones(3, device=d)), {"weight": torch.ones(3, device=d).double()}),
+    "mixed_float_input": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d).double(),
+                                     torch.ones(3, device=d)), {}),
+    "mixed_first_param_decides": lambda d: ((torch.randn(4, 3, device=d).bfloat16(),
+                                             torch.zeros(3, device=d).bfloat16(), torch.ones(3, device=d)),
+                                            {"training": True}),
+    "int_input": lambda d: ((torch.ones(4, 3, dtype=torch.int32, device=d), torch.zeros(3, device=d),
+                             torch.ones(3, device=d)), {}),
+    "one_value_per_channel": lambda d: ((torch.randn(1, 3, device=d), None, None), {"training": True}),
+    "one_value_per_channel_3d": lambda d: ((torch.randn(1, 3, 1, device=d), None, None), {"training": True}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_errors_match_torch(device, case):
+    args, kwargs = ERROR_CASES[case](device)
+    assert_same_error(lambda: normext.functional.batch_norm(*args, **kwargs),
+                      lambda: F.batch_norm(*args, **kwargs))
+
+
+MODULES = [(normext.BatchNorm1d, nn.BatchNorm1d, (6, 5, 7)), (normext.BatchNorm1d, nn.BatchNorm1d, (6, 5)),
+           (normext.BatchNorm2d, nn.BatchNorm2d, (3, 5, 4, 6)),
+           (normext.BatchNorm3d, nn.BatchNorm3d, (2, 5, 3, 4, 3))]
+MODULE_KWARGS = [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False},
+                 {"bias": False}, {"eps": 1e-3, "momentum": 0.5}]
+
+
+@pytest.mark.parametrize("classes", MODULES, ids=lambda c: f"{c[0].__name__}-{len(c[2])}d")
+@pytest.mark.parametrize("kwargs", MODULE_KWARGS, ids=str)
+def test_module_matches_torch(device, classes, kwargs):
+    ours_cls, torch_cls, shape = classes
+    ours = ours_cls(shape[1], device=device, **kwargs)
+    theirs = torch_cls(shape[1], device=device, **kwargs)
+    assert repr(ours) == repr(theirs)
+    assert isinstance(ours, torch_cls)
+    if ours.weight is not None:
+        with torch.no_grad():
+            ours.weight.normal_()
+        theirs.weight.data.copy_(ours.weight)
+    for step in range(3):
+        x = make_input(shape, torch.float32, device)
+        torch.testing.assert_close(ours(x), theirs(x))
+    for (n, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=n)
+    ours.eval()
+    theirs.eval()
+    x = make_input(shape, torch.float32, device)
+    torch.testing.assert_close(ours(x), theirs(x))
+    # state_dict round trip with the torch module
+    fresh = ours_cls(shape[1], device=device, **kwargs)
+    fresh.load_state_dict(theirs.state_dict())
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), theirs(x))
+
+
+def test_module_errors_match_torch():
+    for ours_cls, torch_cls, x in [(normext.BatchNorm2d, nn.BatchNorm2d, torch.randn(4, 3, 5)),
+                                   (normext.BatchNorm1d, nn.BatchNorm1d, torch.randn(2, 3, 4, 5)),
+                                   (normext.BatchNorm3d, nn.BatchNorm3d, torch.randn(2, 3, 4, 5)),
+                                   (normext.BatchNorm1d, nn.BatchNorm1d, torch.randn(1, 3))]:
+        assert_same_error(lambda: ours_cls(3)(x), lambda: torch_cls(3)(x))
+
+
+def test_convert_swaps_batchnorm():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(4)),
+                          nn.BatchNorm3d(2))
+    bn = model[1]
+    w = bn.weight
+    model[1](torch.randn(2, 4, 3, 3))
+    converted = normext.convert(model)
+    assert type(converted[1]) is normext.BatchNorm2d
+    assert type(converted[2][0]) is normext.BatchNorm1d
+    assert type(converted[3]) is normext.BatchNorm3d
+    assert converted[1].weight is w and converted[1].running_mean is bn.running_mean
+    assert int(converted[1].num_batches_tracked) == 1
+
+
+def test_convert_keeps_subclasses():
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    model = nn.Sequential(MyBN(3))
+    assert type(normext.convert(model)[0]) is MyBN
+
+
+def test_functional_routes_through_normext():
+    from conftest import OpRecorder
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    with OpRecorder() as rec:
+        normext.functional.batch_norm(x, torch.zeros(3), torch.ones(3), training=True).sum().backward()
+    assert any("normext.batch_norm_forward_impl" in op for op in rec.ops)
+    assert any("normext.batch_norm_backward" in op for op in rec.ops)
+    assert not any("aten.native_batch_norm" in op for op in rec.ops)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("shape", [(2, 3, 300, 400), (2, 3, 30, 40)], ids=str)
+def test_both_nchw_paths(device, dtype, shape, restore_num_threads):
+    """NCHW training runs in one sweep per channel when a channel fits in cache ((2, 3, 30, 40)),
+    else as statistics then apply ((2, 3, 300, 400)): both match the reference and are
+    deterministic across thread counts."""
+    x = make_input(shape, dtype, device, scale=2.0, shift=1.0)
+    w = make_param(3, dtype, device)
+    b = make_param(3, dtype, device, kind="bias")
+    grad = make_input(shape, dtype, device)
+    ours = run_bn(normext.functional.batch_norm, x, None, None, w, b, True, grad=grad)
+    theirs = run_bn(F.batch_norm, x, None, None, w, b, True, grad=grad)
+    ref = run_bn(F.batch_norm, x.double(), None, None, w.double(), b.double(), True, grad=grad.double())
+    for name, o, t, r in list(zip(["y", "dx", "dw", "db"], ours, theirs, ref)):
+        assert_close_to_ref(o, t, r, dtype, what=name)
+    if device == "cpu":
+        torch.set_num_threads(1)
+        again = run_bn(normext.functional.batch_norm, x, None, None, w, b, True, grad=grad)
+        for a, c in zip(ours[:4], again[:4]):
+            assert torch.equal(a, c)
