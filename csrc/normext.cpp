@@ -12,4 +12,16 @@ TORCH_LIBRARY(normext, m) {
   m.def(
       "group_norm_backward(Tensor grad_out, Tensor input, Tensor mean, Tensor rstd, Tensor? weight,"
       " int num_groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // ---- DyT (csrc/ops/dyt.*) ----
+  // y = weight * tanh(alpha * x) + bias; alpha has one element. channels_last: parameters over
+  // the trailing dims (True) or over dim 1 of an (N, C, *) input (False).
+  m.def(
+      "dyt_forward(Tensor input, Tensor alpha, Tensor? weight, Tensor? bias, bool channels_last)"
+      " -> Tensor");
+  // (dx, dalpha, dweight, dbias); masked-out outputs (and dweight when weight is None) come back
+  // as empty tensors of shape [0].
+  m.def(
+      "dyt_backward(Tensor grad_out, Tensor input, Tensor alpha, Tensor? weight,"
+      " bool channels_last, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

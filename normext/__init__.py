@@ -26,7 +26,7 @@ _check_build_matches_torch()
 from normext import _C  # noqa: E402  (loads the library: registers the ops)
 from normext import _meta, _autograd  # noqa: E402,F401  (fake kernels, autograd formulas)
 from normext import functional  # noqa: E402
-from normext.modules import GroupNorm  # noqa: E402
+from normext.modules import DyT, GroupNorm  # noqa: E402
 from normext.convert import convert  # noqa: E402
 
-__all__ = ["functional", "GroupNorm", "convert"]
+__all__ = ["functional", "DyT", "GroupNorm", "convert"]

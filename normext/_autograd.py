@@ -116,3 +116,114 @@ torch.library.register_autograd(
     _group_norm_backward_backward,
     setup_context=_group_norm_backward_setup_context,
 )
+
+
+# ---- DyT ---------------------------------------------------------------------------------------
+
+
+def dyt_backward_math(grad_y, input, alpha, weight, channels_last):
+    """(dx, dalpha, dweight, dbias) of y = weight * tanh(alpha * x) + bias, as torch ops.
+
+    Differentiable in every tensor argument; computed in the accumulation dtype, returned in the
+    input's (dx), alpha's (dalpha) and the weight's (dweight, dbias) dtype and shape.
+    """
+    acc = acc_dtype(input.dtype)
+    x = input.to(acc)
+    dy = grad_y.to(acc)
+    a = alpha.to(acc).reshape(())
+    t = torch.tanh(a * x)
+    if weight is None:
+        w = None
+    elif channels_last:
+        w = weight.to(acc)
+    else:
+        w = weight.to(acc).reshape((-1,) + (1,) * (input.dim() - 2))
+    gu = dy * (1 - t * t) if w is None else dy * w * (1 - t * t)
+    dx = (gu * a).to(input.dtype)
+    dalpha = (gu * x).sum().reshape(alpha.shape).to(alpha.dtype)
+    if channels_last:
+        k = weight.dim() if weight is not None else 1
+        dims = list(range(input.dim() - k))
+    else:
+        dims = [0] + list(range(2, input.dim()))
+    dweight = (dy * t).sum(dims) if dims else dy * t
+    dbias = dy.sum(dims) if dims else dy
+    if weight is not None:
+        dweight, dbias = dweight.to(weight.dtype), dbias.to(weight.dtype)
+    return dx, dalpha, dweight, dbias
+
+
+def _dyt_forward_setup_context(ctx, inputs, output):
+    input, alpha, weight, bias, channels_last = inputs
+    ctx.save_for_backward(input, alpha, weight)
+    ctx.channels_last = channels_last
+    ctx.bias_shape = None if bias is None else bias.shape
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _dyt_forward_backward(ctx, grad_y):
+    input, alpha, weight = ctx.saved_tensors
+    need_input, need_alpha, need_weight, need_bias = ctx.needs_input_grad[:4]
+    need_weight = need_weight and weight is not None
+    need_bias = need_bias and ctx.bias_shape is not None
+    if torch.is_grad_enabled():
+        dx, dalpha, dweight, dbias = dyt_backward_math(grad_y, input, alpha, weight, ctx.channels_last)
+    elif ctx.channels_last:
+        # NB: rows of C = the parameters' numel, so a multi-dim bias without a weight (whose
+        # shape the op cannot see) is reduced over the right dims.
+        shape = weight.shape if weight is not None else (ctx.bias_shape or input.shape[-1:])
+        C = 1
+        for s in shape:
+            C *= s
+        x2 = input.reshape(-1, C)
+        dx, dalpha, dweight, dbias = torch.ops.normext.dyt_backward(
+            grad_y.reshape(x2.shape), x2, alpha, None if weight is None else weight.reshape(C),
+            True, [need_input, need_alpha, need_weight, need_bias])
+        dx = dx.reshape(input.shape) if need_input else dx
+        dweight = dweight.reshape(shape) if need_weight else dweight
+        dbias = dbias.reshape(shape) if need_bias else dbias
+    else:
+        dx, dalpha, dweight, dbias = torch.ops.normext.dyt_backward(
+            grad_y, input, alpha, weight, False, [need_input, need_alpha, need_weight, need_bias])
+    return (
+        dx if need_input else None,
+        dalpha if need_alpha else None,
+        dweight if need_weight else None,
+        dbias.to(ctx.bias_dtype).reshape(ctx.bias_shape) if need_bias else None,
+        None,
+    )
+
+
+torch.library.register_autograd(
+    "normext::dyt_forward", _dyt_forward_backward, setup_context=_dyt_forward_setup_context
+)
+
+
+def _dyt_backward_setup_context(ctx, inputs, output):
+    grad_out, input, alpha, weight, channels_last, output_mask = inputs
+    ctx.save_for_backward(grad_out, input, alpha, weight)
+    ctx.channels_last = channels_last
+    ctx.output_mask = list(output_mask)
+
+
+def _dyt_backward_backward(ctx, *grads):
+    saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:4]
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(saved, needs)]
+        outs = dyt_backward_math(*leaves, ctx.channels_last)
+        pairs = [(o, g) for o, g, m in zip(outs, grads, ctx.output_mask)
+                 if m and g is not None and g.numel() == o.numel()]
+        inputs = [t for t in leaves if t is not None and t.requires_grad]
+        result_grads = iter(torch.autograd.grad([o for o, _ in pairs], inputs,
+                                                [g.reshape(o.shape) for o, g in pairs],
+                                                allow_unused=True, materialize_grads=True)
+                            if pairs and inputs else [])
+    result = [next(result_grads) if t is not None and t.requires_grad else None for t in leaves]
+    return (*result, None, None)
+
+
+torch.library.register_autograd(
+    "normext::dyt_backward", _dyt_backward_backward, setup_context=_dyt_backward_setup_context
+)

@@ -98,3 +98,91 @@ def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, o
     dweight = input.new_empty((C if output_mask[1] and weight is not None else 0,), dtype=param_dtype)
     dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
     return dx, dweight, dbias
+
+
+# ---- DyT ---------------------------------------------------------------------------------------
+
+
+def check_dyt_args(input, alpha, weight, bias, channels_last: bool) -> None:
+    """The checks of csrc/ops/dyt.cpp, with the same messages."""
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(
+            f"normext dyt: not implemented for '{_c10_name(input.dtype)}' "
+            "(expected float32, float64, bfloat16 or float16)"
+        )
+    if channels_last and input.dim() < 1:
+        raise RuntimeError(
+            "dyt: expected an input with at least 1 dimension (channels_last=True), but got a "
+            "0-dimensional tensor"
+        )
+    if not channels_last and input.dim() < 2:
+        raise RuntimeError(
+            "dyt: expected an input with at least 2 dimensions (N, C, *) (channels_last=False), "
+            f"but got input of shape {list(input.shape)}"
+        )
+    if alpha.numel() != 1:
+        raise RuntimeError(
+            f"dyt: expected alpha with exactly one element, but got alpha of shape {list(alpha.shape)}"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if channels_last:
+            k = p.dim()
+            if not (1 <= k <= input.dim() and tuple(p.shape) == tuple(input.shape[input.dim() - k:])):
+                raise RuntimeError(
+                    f"dyt: expected {name} of the shape of the trailing dimensions of input "
+                    f"(channels_last=True), but got {name} of shape {list(p.shape)} and input of "
+                    f"shape {list(input.shape)}"
+                )
+        elif p.dim() != 1 or p.shape[0] != input.shape[1]:
+            raise RuntimeError(
+                f"dyt: expected {name} to be a vector of size equal to the number of channels in "
+                f"input (dim 1, channels_last=False), but got {name} of shape {list(p.shape)} and "
+                f"input of shape {list(input.shape)}"
+            )
+    if weight is not None and bias is not None and weight.shape != bias.shape:
+        raise RuntimeError(
+            f"dyt: expected weight and bias of the same shape, but got {list(weight.shape)} and "
+            f"{list(bias.shape)}"
+        )
+    for t in (alpha, weight, bias):
+        if t is not None and t.device != input.device:
+            raise RuntimeError(
+                f"Tensor on device {t.device} is not on the expected device {input.device}!"
+            )
+    check_param_dtypes(input, alpha, weight, bias)
+
+
+def dyt_memory_format(input: torch.Tensor, channels_last: bool) -> torch.memory_format:
+    """channels_last=False keeps a channels-last(_3d) input's layout; all else is contiguous."""
+    if channels_last or input.dim() < 4:
+        return torch.contiguous_format
+    return group_norm_memory_format(input)
+
+
+@torch.library.register_fake("normext::dyt_forward")
+def _dyt_forward_fake(input, alpha, weight, bias, channels_last):
+    check_dyt_args(input, alpha, weight, bias, channels_last)
+    return torch.empty_like(input, memory_format=dyt_memory_format(input, channels_last))
+
+
+@torch.library.register_fake("normext::dyt_backward")
+def _dyt_backward_fake(grad_out, input, alpha, weight, channels_last, output_mask):
+    check_dyt_args(input, alpha, weight, None, channels_last)
+    if weight is not None:
+        c_shape = tuple(weight.shape)
+    else:
+        c_shape = (input.shape[-1] if channels_last else input.shape[1],)
+    param_dtype = weight.dtype if weight is not None else acc_dtype(input.dtype)
+    dx = (
+        torch.empty_like(input, memory_format=dyt_memory_format(input, channels_last))
+        if output_mask[0]
+        else input.new_empty((0,))
+    )
+    dalpha = alpha.new_empty(alpha.shape) if output_mask[1] else alpha.new_empty((0,))
+    dweight = (input.new_empty(c_shape, dtype=param_dtype) if output_mask[2] and weight is not None
+               else input.new_empty((0,), dtype=param_dtype))
+    dbias = (input.new_empty(c_shape, dtype=param_dtype) if output_mask[3]
+             else input.new_empty((0,), dtype=param_dtype))
+    return dx, dalpha, dweight, dbias

@@ -40,3 +40,30 @@ def group_norm(
         [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
     )
     return _group_norm_forward(input, weight, bias, num_groups, eps)[0]
+
+
+# ---- DyT ---------------------------------------------------------------------------------------
+
+_dyt_forward = torch.ops.normext.dyt_forward.default
+
+
+def dyt(
+    input: Tensor,
+    alpha: Tensor,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    channels_last: bool = True,
+) -> Tensor:
+    """Dynamic Tanh (Zhu et al., "Transformers without Normalization"):
+    ``weight * tanh(alpha * input) + bias`` in one fused kernel.
+
+    alpha: a one-element tensor. channels_last=True: weight / bias cover the trailing dims of
+    ``input`` (like LayerNorm's normalized_shape); False: they are (C,) vectors over dim 1 of an
+    (N, C, *) input. The output has the input's dtype.
+    """
+    if has_torch_function_variadic(input, alpha, weight, bias):
+        return handle_torch_function(
+            dyt, (input, alpha, weight, bias), input, alpha, weight=weight, bias=bias,
+            channels_last=channels_last,
+        )
+    return _dyt_forward(input, alpha, weight, bias, channels_last)
