@@ -125,14 +125,14 @@ void backward_impl(const DytShape& s, const scalar_t* dY, const scalar_t* X, sca
     at::parallel_for(0, s.C, 64, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const int64_t cb = c / CB, cc = c % CB;
-        acc_t a = 0, b = 0;
+        double a = 0, b = 0;  // NB: block partials summed in double, in block order
         for (int64_t rb = 0; rb < nrb; ++rb) {
           const acc_t* part = &partial[(rb * ncb + cb) * 2 * CB];
           a += part[cc];
           b += part[CB + cc];
         }
-        sum_dyt[c] = a;
-        sum_dy[c] = b;
+        sum_dyt[c] = static_cast<acc_t>(a);
+        sum_dy[c] = static_cast<acc_t>(b);
       }
     });
   } else {
@@ -151,7 +151,7 @@ void backward_impl(const DytShape& s, const scalar_t* dY, const scalar_t* X, sca
     });
     at::parallel_for(0, s.C, 16, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        acc_t a = 0, b = 0;
+        double a = 0, b = 0;
         for (int64_t n = 0; n < s.rows; ++n) {
           for (int64_t j = 0; j < nchunk; ++j) {
             const int64_t t = (n * s.C + c) * nchunk + j;
@@ -159,8 +159,8 @@ void backward_impl(const DytShape& s, const scalar_t* dY, const scalar_t* X, sca
             b += partial[2 * t + 1];
           }
         }
-        sum_dyt[c] = a;
-        sum_dy[c] = b;
+        sum_dyt[c] = static_cast<acc_t>(a);
+        sum_dy[c] = static_cast<acc_t>(b);
       }
     });
   }

@@ -821,7 +821,22 @@ void dyt_backward(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> alpha, 
   constexpr int L = kLanes<T>;
   const vacc<T> valpha = splat<T>(alpha), vw = splat<T>(w);
   vacc<T> s_dyt{}, s_dy{}, s_da{};
+  // NB: the vector sums are flushed into double every kFlush steps: one fp32 accumulator per lane
+  // over a whole block would cost dalpha (a sum over the entire tensor) ~1e-6 relative.
+  constexpr int kFlush = 16;
+  double t_dyt = 0, t_dy = 0, t_da = 0;
+  int pending = 0;
+  auto flush = [&] {
+    t_dyt += reduce_lanes(s_dyt);
+    t_dy += reduce_lanes(s_dy);
+    t_da += reduce_lanes(s_da);
+    s_dyt = s_dy = s_da = vacc<T>{};
+    pending = 0;
+  };
   auto step = [&](vacc<T> g, vacc<T> xv) {
+    if (++pending == kFlush) {
+      flush();
+    }
     vacc<T> sech2;
     const vacc<T> t = vtanh(xv * valpha, &sech2);
     s_dyt += g * t;
@@ -843,9 +858,10 @@ void dyt_backward(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> alpha, 
       store_n(dx + i, d, n - i);
     }
   }
-  *sum_dyt = reduce_lanes(s_dyt);
-  *sum_dy = reduce_lanes(s_dy);
-  *dalpha = reduce_lanes(s_da);
+  flush();
+  *sum_dyt = static_cast<acc_type<T>>(t_dyt);
+  *sum_dy = static_cast<acc_type<T>>(t_dy);
+  *dalpha = static_cast<acc_type<T>>(t_da);
 }
 
 template <typename T>
@@ -856,7 +872,12 @@ void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t width
   std::memset(sum_dy_c, 0, padded_channels(width) * sizeof(acc_type<T>));
   const vacc<T> valpha = splat<T>(alpha);
   vacc<T> s_da{};
+  double t_da = 0;  // flushed into double every row, as in dyt_backward
   for (int64_t r = 0; r < rows; ++r) {
+    if (r > 0) {
+      t_da += reduce_lanes(s_da);
+      s_da = vacc<T>{};
+    }
     const T* dyr = dy + r * ld;
     const T* xr = x + r * ld;
     for_channel_blocks<T>(width, [&](int64_t c, auto full) {
@@ -873,7 +894,7 @@ void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t width
       }
     });
   }
-  *dalpha = reduce_lanes(s_da);
+  *dalpha = static_cast<acc_type<T>>(t_da + reduce_lanes(s_da));
 }
 
 // ---- fused GroupNorm activation leaves ---------------------------------------------------------
