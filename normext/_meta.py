@@ -58,7 +58,8 @@ def check_group_norm_args(input, weight, bias, num_groups: int) -> None:
 
 
 def _c10_name(dtype: torch.dtype) -> str:
-    names = {torch.int32: "Int", torch.int64: "Long", torch.int16: "Short", torch.int8: "Char",
+    names = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+             torch.bfloat16: "BFloat16",torch.int32: "Int", torch.int64: "Long", torch.int16: "Short", torch.int8: "Char",
              torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
              torch.complex128: "ComplexDouble"}
     return names.get(dtype, str(dtype).replace("torch.", ""))
@@ -75,9 +76,18 @@ def group_norm_memory_format(input: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def check_activation(activation: int) -> None:
+    if not 0 <= activation < 5:
+        raise RuntimeError(
+            "group_norm: activation must be 0 (none), 1 (silu), 2 (gelu), 3 (gelu_tanh) or 4 "
+            f"(relu), but got {activation}"
+        )
+
+
 @torch.library.register_fake("normext::group_norm_forward")
-def _group_norm_forward_fake(input, weight, bias, num_groups, eps):
+def _group_norm_forward_fake(input, weight, bias, num_groups, eps, activation=0):
     check_group_norm_args(input, weight, bias, num_groups)
+    check_activation(activation)
     y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
     stats = (input.shape[0], num_groups)
     dtype = acc_dtype(input.dtype)
@@ -85,8 +95,10 @@ def _group_norm_forward_fake(input, weight, bias, num_groups, eps):
 
 
 @torch.library.register_fake("normext::group_norm_backward")
-def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, output_mask):
-    check_group_norm_args(input, weight, None, num_groups)
+def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, output_mask,
+                              bias=None, activation=0):
+    check_group_norm_args(input, weight, bias if activation else None, num_groups)
+    check_activation(activation)
     acc = acc_dtype(input.dtype)
     param_dtype = weight.dtype if weight is not None else acc
     C = input.shape[1]
@@ -98,6 +110,33 @@ def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, o
     dweight = input.new_empty((C if output_mask[1] and weight is not None else 0,), dtype=param_dtype)
     dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
     return dx, dweight, dbias
+
+
+@torch.library.register_fake("normext::add_group_norm_forward")
+def _add_group_norm_forward_fake(input, residual, weight, bias, num_groups, eps, activation=0):
+    check_group_norm_args(input, weight, bias, num_groups)
+    check_activation(activation)
+    if residual.shape != input.shape:
+        raise RuntimeError(
+            f"add_group_norm: expected residual of shape {list(input.shape)} (the input's), but "
+            f"got {list(residual.shape)}"
+        )
+    if residual.dtype != input.dtype:
+        raise RuntimeError(
+            f"add_group_norm: expected residual of dtype {_c10_name(input.dtype)} (the input's), "
+            f"but got {_c10_name(residual.dtype)}"
+        )
+    fmt = group_norm_memory_format(input)
+    stats = (input.shape[0], num_groups)
+    dtype = acc_dtype(input.dtype)
+    return (torch.empty_like(input, memory_format=fmt), torch.empty_like(input, memory_format=fmt),
+            input.new_empty(stats, dtype=dtype), input.new_empty(stats, dtype=dtype))
+
+
+@torch.library.register_fake("normext::group_norm_inplace")
+def _group_norm_inplace_fake(input, weight, bias, num_groups, eps, activation=0):
+    check_group_norm_args(input, weight, bias, num_groups)
+    check_activation(activation)
 
 
 # ---- DyT ---------------------------------------------------------------------------------------

@@ -12,8 +12,32 @@ class GroupNorm(nn.GroupNorm):
     initializers) treats it as the module it replaces.
     """
 
+    # Class-level defaults: modules made by convert() (which copies a torch GroupNorm's
+    # attributes) and ones pickled before these options existed read them from here.
+    activation = None
+    inplace = False
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device=None, dtype=None, *, bias: bool = True, activation=None,
+                 inplace: bool = False) -> None:
+        F.activation_code(activation)  # ValueError for an unknown name
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        if activation is not None:
+            self.activation = activation
+        if inplace:
+            self.inplace = inplace
+
     def forward(self, input: Tensor) -> Tensor:
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps,
+                            self.activation, self.inplace)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
+        if self.inplace:
+            s += ", inplace=True"
+        return s
 
 
 class DyT(nn.Module):

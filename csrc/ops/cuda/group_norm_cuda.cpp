@@ -59,8 +59,13 @@ void* mutable_data_or_null(at::Tensor& t) {
 
 void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& X,
                                     const at::Tensor& gamma, const at::Tensor& beta, double eps,
-                                    at::Tensor& Y, at::Tensor& mean, at::Tensor& rstd) {
+                                    const GroupNormFusion& fusion, at::Tensor& Y,
+                                    at::Tensor& mean, at::Tensor& rstd) {
   NORMEXT_RANGE("normext::group_norm_forward_cuda_kernel");
+  // NB: the fused activation and residual add (issue 5) are CPU-only so far.
+  TORCH_CHECK_NOT_IMPLEMENTED(fusion.activation == 0 && !fusion.residual.defined(),
+                              "normext group_norm (CUDA): the fused activation and residual add "
+                              "are not implemented on CUDA yet");
   const c10::cuda::CUDAGuard guard(X.device());
   const cuda::GroupNormPlan plan = plan_for(shape, X);
   const auto acc_options = X.options().dtype(mean.scalar_type());
@@ -86,8 +91,12 @@ void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tenso
 void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& dY,
                                      const at::Tensor& X, const at::Tensor& mean,
                                      const at::Tensor& rstd, const at::Tensor& gamma,
+                                     const at::Tensor& /*beta*/, int64_t activation,
                                      at::Tensor& dX, at::Tensor& dgamma, at::Tensor& dbeta) {
   NORMEXT_RANGE("normext::group_norm_backward_cuda_kernel");
+  TORCH_CHECK_NOT_IMPLEMENTED(activation == 0,
+                              "normext group_norm (CUDA): the fused activation is not "
+                              "implemented on CUDA yet");
   const c10::cuda::CUDAGuard guard(X.device());
   const cuda::GroupNormPlan plan = plan_for(shape, X);
   const auto acc_options = X.options().dtype(mean.scalar_type());
@@ -116,6 +125,8 @@ void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tens
 TORCH_LIBRARY_IMPL(normext, CUDA, m) {
   m.impl("group_norm_forward", &group_norm_forward_on<group_norm_forward_cuda_kernel>);
   m.impl("group_norm_backward", &group_norm_backward_on<group_norm_backward_cuda_kernel>);
+  m.impl("add_group_norm_forward", &add_group_norm_forward_on<group_norm_forward_cuda_kernel>);
+  m.impl("group_norm_inplace", &group_norm_inplace_on<group_norm_forward_cuda_kernel>);
 }
 
 } // namespace normext
