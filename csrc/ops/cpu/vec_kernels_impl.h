@@ -701,6 +701,13 @@ constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 constexpr float kSqrt2OverPi = 0.79788456080286536f;
 constexpr float kGeluTanhCubic = 0.044715f;
 
+// s = sigmoid(y) = 1 / (1 + e), e = exp(-y), and 1 - s = e s without cancellation where s > 1/2.
+inline vfloat sigmoid_and_complement(vfloat e, vfloat* one_minus) {
+  const vfloat s = 1.0f / (1.0f + e);
+  *one_minus = e < 1.0f ? e * s : 1.0f - s;
+  return s;
+}
+
 template <int kAct>
 struct Activation;
 
@@ -708,8 +715,9 @@ template <>
 struct Activation<kSilu> {
   static vfloat apply(vfloat z) { return z / (1.0f + vexp(-z)); }
   static vfloat grad(vfloat z) {
-    const vfloat s = 1.0f / (1.0f + vexp(-z));
-    return s * (1.0f + z * (1.0f - s));
+    vfloat one_minus_s;
+    const vfloat s = sigmoid_and_complement(vexp(-z), &one_minus_s);
+    return s * (1.0f + z * one_minus_s);
   }
   static double apply(double z) { return z / (1.0 + std::exp(-z)); }
   static double grad(double z) {
@@ -739,8 +747,9 @@ struct Activation<kGeluTanh> {
   static vfloat grad(vfloat z) {
     const vfloat z2 = z * z;
     const vfloat u = kSqrt2OverPi * (z + kGeluTanhCubic * z2 * z);
-    const vfloat s = 1.0f / (1.0f + vexp(-2.0f * u));
-    return s + 2.0f * z * s * (1.0f - s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhCubic * z2);
+    vfloat one_minus_s;
+    const vfloat s = sigmoid_and_complement(vexp(-2.0f * u), &one_minus_s);
+    return s + 2.0f * z * s * one_minus_s * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhCubic * z2);
   }
   static double apply(double z) {
     const double u = 0.5 * M_2_SQRTPI * M_SQRT2 * (z + 0.044715 * z * z * z);
