@@ -115,12 +115,13 @@ def test_activation_accuracy_vs_torch(act):
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_gradcheck_gradgradcheck(device, act, layout):
-    x = make_input((2, 6, 3, 4), torch.float64, device, layout).requires_grad_()
-    w = make_param(6, torch.float64, device).requires_grad_()
-    b = make_param(6, torch.float64, device, kind="bias").requires_grad_()
-    fn = lambda x, w, b: NF.group_norm(x, 3, w, b, activation=act)  # noqa: E731
+    x = make_input((2, 4, 2, 3), torch.float64, device, layout).requires_grad_()
+    w = make_param(4, torch.float64, device).requires_grad_()
+    b = make_param(4, torch.float64, device, kind="bias").requires_grad_()
+    fn = lambda x, w, b: NF.group_norm(x, 2, w, b, activation=act)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w, b))
-    if act != "relu":  # relu'' is 0 almost everywhere; gradgradcheck's finite differences hit kinks
+    # relu'' is 0 almost everywhere (its own test below); one channels-last case is enough
+    if act != "relu" and (layout == "contiguous" or act == "silu"):
         assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
 
@@ -147,6 +148,8 @@ def test_backward_op_with_activation_is_differentiable(device):
 @pytest.mark.parametrize("act", [1, 2, 3, 4])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_opcheck(device, act, layout):
+    if layout == "channels_last" and act != 1:
+        pytest.skip("one channels-last activation is enough")
     x = make_input((2, 8, 5, 5), torch.float32, device, layout, requires_grad=True)
     w = make_param(8, device=device, requires_grad=True)
     b = make_param(8, device=device, requires_grad=True, kind="bias")
