@@ -601,11 +601,23 @@ inline vfloat vcopysign(vfloat magnitude, vfloat sign) {
 // two factors so k in [-150, 128] needs no special case: overflow gives inf and underflow 0 or a
 // subnormal through ordinary rounding. NaN stays NaN.
 inline vfloat vexp(vfloat y) {
+#if NORMEXT_VEC_ISA >= 2
+  // NB: AVX-512 rounds and scales by 2^k in one instruction each (vrndscaleps, vscalefps, which
+  // also turns k = 128 into inf and k < -126 into subnormals or 0); min/max return their second
+  // operand when one is NaN, so NaN passes through the clamp and the whole computation.
+  const __m512 yc = _mm512_min_ps(_mm512_set1_ps(89.0f),
+                                  _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)y));
+  const vfloat kf = (vfloat)_mm512_roundscale_ps(
+      _mm512_mul_ps(yc, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vfloat r = ((vfloat)yc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+#else
   vfloat yc = y > 89.0f ? vfloat{} + 89.0f : y;
   yc = yc < -104.0f ? vfloat{} - 104.0f : yc;
   const vfloat magic = vfloat{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const vfloat kf = (yc * 1.44269504088896341f + magic) - magic;
   const vfloat r = (yc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+#endif
   vfloat p = vfloat{} + (1.0f / 5040.0f);
   p = p * r + (1.0f / 720.0f);
   p = p * r + (1.0f / 120.0f);
@@ -614,6 +626,9 @@ inline vfloat vexp(vfloat y) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
+#if NORMEXT_VEC_ISA >= 2
+  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)kf);
+#else
   const vint32 k = __builtin_convertvector(kf, vint32);
   const vint32 k1 = k >> 1;
   const vint32 k2 = k - k1;
@@ -621,6 +636,7 @@ inline vfloat vexp(vfloat y) {
   const vfloat scale2 = as_float((vu32)((k2 + 127) << 23));
   const vfloat result = (p * scale1) * scale2;
   return y != y ? y : result;
+#endif
 }
 
 // tanh(x) and, when sech2 is not null, 1 - tanh(x)^2, for fp32 lanes.
