@@ -440,3 +440,52 @@ def test_convert_fuse_untraceable_model_keeps_sequential_fusions():
     normext.convert(model, fuse=True)
     assert model.seq[0].activation == "silu" and type(model.act) is nn.SiLU
     torch.testing.assert_close(model(x), expected)
+
+
+# ---- every per-ISA table of leaf loops (the transcendentals differ per ISA) ---------------------------
+
+ISA_SCRIPT = r"""
+import torch, normext, torch.nn.functional as F
+torch.manual_seed(0)
+acts = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"), "relu": F.relu}
+for cl in (False, True):
+    x = torch.randn(2, 48, 7, 9) * 3
+    x = x.to(memory_format=torch.channels_last) if cl else x
+    w, b = torch.randn(48), torch.randn(48)
+    for name, fn in acts.items():
+        xg = x.detach().requires_grad_()
+        y = normext.functional.group_norm(xg, 8, w, b, activation=name)
+        (dx,) = torch.autograd.grad(y, xg, torch.ones_like(y))
+        xd = x.double().requires_grad_()
+        ref = fn(F.group_norm(xd, 8, w.double(), b.double()))
+        (dref,) = torch.autograd.grad(ref, xd, torch.ones_like(ref))
+        print("gn", name, int(cl), (y.double() - ref).abs().max().item(), (dx.double() - dref).abs().max().item())
+x = torch.cat([torch.linspace(-30, 30, 9001), torch.tensor([float("inf"), -float("inf"), 0.0])]).reshape(-1, 1)
+x = x.repeat(1, 33)
+a = torch.tensor([0.7], requires_grad=True)
+xg = x.detach().requires_grad_()
+y = normext.functional.dyt(xg, a)
+dx, da = torch.autograd.grad(y, (xg, a), torch.ones_like(y))
+ref = torch.tanh(0.7 * x.double())
+sech2 = 1 / torch.cosh(0.7 * x.double()) ** 2
+print("dyt", "tanh", 0, (y.double() - ref).abs().max().item(),
+      ((dx.double() - 0.7 * sech2).abs() / sech2.clamp_min(1e-30)).nan_to_num(0).max().item())
+"""
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512", "avx512_bf16"])
+def test_every_cpu_table(capability):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
+    out = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("gn", "dyt"))]
+    assert len(rows) == 9
+    for kind, name, cl, err, grad_err in rows:
+        # fp32: a few ulps of outputs of magnitude ~10 (GN) or 1 (DyT); dyt's dx relative to sech^2
+        assert float(err) < (2e-5 if kind == "gn" else 2.5e-7), (capability, kind, name, cl, err)
+        assert float(grad_err) < (2e-5 if kind == "gn" else 1e-5), (capability, kind, name, cl, grad_err)

@@ -654,7 +654,9 @@ inline vfloat vtanh(vfloat x, vfloat* sech2) {
   p = p * s - 0.3333333134651184f;
   const vfloat small = a + (a * s) * p;
   const vfloat two_a = a + a;
-  const vfloat e = vexp(two_a < 40.0f ? two_a : vfloat{} + 40.0f);  // tanh(20) is 1 in fp32
+  // NB: clamped below exp's overflow (e = inf would make the correction below NaN); beyond it
+  // tanh is 1 and q (2 - q) = 1 - tanh^2 underflows to 0 as it should.
+  const vfloat e = vexp(two_a < 88.0f ? two_a : vfloat{} + 88.0f);
   // NB: q from the exactly known e + 1 = D + err (Fast2Sum, e >= 1): q = 2 / D * (1 - err / D).
   // Without the correction the rounding of e + 1 costs up to 1.4 ulp of tanh near |x| = 0.625.
   const vfloat D = e + 1.0f;
