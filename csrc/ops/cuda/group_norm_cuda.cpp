@@ -71,7 +71,8 @@ void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tenso
   // like any input); the activation is fused into the apply kernel.
   const at::Tensor& src = fusion.residual.defined() ? fusion.summed : X;
   if (fusion.residual.defined()) {
-    at::add_out(fusion.summed, X, fusion.residual);
+    at::Tensor summed = fusion.summed;  // a handle to the same storage
+    at::add_out(summed, X, fusion.residual);
   }
   const cuda::GroupNormPlan plan = plan_for(shape, X);
   const auto acc_options = X.options().dtype(mean.scalar_type());
