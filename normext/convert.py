@@ -109,10 +109,35 @@ class _Tracer:
 
 
 def _fuse_traced(model: nn.Module) -> None:
+    # NB: a trace follows one path through Python control flow; `if self.training:` branches are
+    # the common case, so the model is traced in both modes and only pairs found in both fused.
+    flags = [(m, m.training) for m in model.modules()]
+    plans = []
     try:
-        graph = _Tracer.trace(model)
+        for mode in (True, False):
+            model.train(mode)
+            plans.append(_fusion_plan(model, _Tracer.trace(model)))
     except Exception:  # noqa: BLE001  (models that do not trace keep the Sequential fusions only)
         return
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    (norms_a, acts_a), (norms_b, acts_b) = plans
+    if norms_a != norms_b or acts_a != acts_b or not acts_a:
+        return
+    by_id = {id(m): m for m in model.modules()}
+    # Swap every reference (a module registered under several names is swapped under all).
+    replacements = {nid: _fused(by_id[nid], name) for nid, name in norms_a.items()}
+    for mid in acts_a:
+        replacements[mid] = nn.Identity()
+    for parent in list(by_id.values()):
+        for key, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacements:
+                parent._modules[key] = replacements[id(child)]
+
+
+def _fusion_plan(model: nn.Module, graph):
+    """({norm id: activation name}, {activation id: name}) of the pairs safe to fuse in `graph`."""
     modules = dict(model.named_modules(remove_duplicate=False))
     calls = {}  # module object id -> call_module nodes
     for node in graph.nodes:
@@ -165,13 +190,4 @@ def _fuse_traced(model: nn.Module) -> None:
             del fuse_acts[mid]
             for nid in feeding:
                 ok_norms.pop(nid, None)
-    if not fuse_acts:
-        return
-    # Swap every reference (a module registered under several names is swapped under all).
-    replacements = {nid: _fused(by_id[nid], name) for nid, name in ok_norms.items()}
-    for mid in fuse_acts:
-        replacements[mid] = nn.Identity()
-    for parent in list(by_id.values()):
-        for key, child in list(parent._modules.items()):
-            if child is not None and id(child) in replacements:
-                parent._modules[key] = replacements[id(child)]
+    return ok_norms, fuse_acts

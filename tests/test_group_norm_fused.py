@@ -489,3 +489,23 @@ def test_every_cpu_table(capability):
         # fp32: a few ulps of outputs of magnitude ~10 (GN) or 1 (DyT); dyt's dx relative to sech^2
         assert float(err) < (2e-5 if kind == "gn" else 2.5e-7), (capability, kind, name, cl, err)
         assert float(grad_err) < (2e-5 if kind == "gn" else 1e-5), (capability, kind, name, cl, grad_err)
+
+
+def test_convert_fuse_skips_pairs_on_a_mode_dependent_path():
+    class ModeDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.GroupNorm(2, 8)
+            self.act = nn.SiLU()
+            self.other = nn.GroupNorm(2, 8)
+
+        def forward(self, x):
+            if self.training:
+                return self.act(self.norm(x))
+            n = self.other(x)
+            return self.act(n) + n  # eval: act is applied to a non-fusable output too
+
+    model = ModeDependent()
+    normext.convert(model, fuse=True)
+    assert type(model.act) is nn.SiLU and model.norm.activation is None
+    assert model.training
