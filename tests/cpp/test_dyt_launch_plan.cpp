@@ -38,25 +38,26 @@ bool grid_ok(int64_t g) {
 // Element coverage of the rows-layout reduction, by replaying the kernel's loops.
 void check_rows(int64_t rows, int64_t C, int64_t target) {
   const DytPlan p = make_dyt_plan(rows, C, 1, false, target);
-  EXPECT(grid_ok(p.sum_grid) && grid_ok(p.elem_grid), "rows %lld C %lld: grids %lld %lld",
+  EXPECT(grid_ok(p.sum_grid) && grid_ok(p.elem_grid) && p.sum_grid <= p.sum_tiles,
+         "rows %lld C %lld: grids %lld %lld",
          (long long)rows, (long long)C, (long long)p.sum_grid, (long long)p.elem_grid);
   EXPECT(p.sum_partials == p.row_blocks * C, "partials");
   EXPECT(p.row_blocks * p.rows_per_block >= rows && (p.row_blocks - 1) * p.rows_per_block < rows,
          "row blocks cover rows exactly");
   if (rows * C > kExhaustive) {
     // sample the first and last tiles
-    for (int64_t b : {int64_t(0), p.sum_grid - 1}) {
+    for (int64_t b : {int64_t(0), p.sum_tiles - 1}) {
       const DytTile t = dyt_rows_tile(p, b);
       EXPECT(t.row_begin < t.row_end && t.row_end <= rows && t.col_begin < t.col_end && t.col_end <= C,
              "tile %lld", (long long)b);
     }
-    const DytTile last = dyt_rows_tile(p, p.sum_grid - 1);
+    const DytTile last = dyt_rows_tile(p, p.sum_tiles - 1);
     EXPECT(last.row_end == rows && last.col_end == C, "last tile ends at the end");
     return;
   }
   std::vector<int> seen(rows * C, 0);
   std::vector<int> partial_written(p.sum_partials, 0);
-  for (int64_t b = 0; b < p.sum_grid; ++b) {
+  for (int64_t b = 0; b < p.sum_tiles; ++b) {
     const DytTile t = dyt_rows_tile(p, b);
     for (int thread = 0; thread < kDytBlockThreads; ++thread) {
       const int lane = thread % kDytColsPerBlock, row_lane = thread / kDytColsPerBlock;
@@ -88,16 +89,16 @@ void check_rows(int64_t rows, int64_t C, int64_t target) {
 void check_planes(int64_t N, int64_t C, int64_t inner, int64_t target) {
   const DytPlan p = make_dyt_plan(N, C, inner, true, target);
   EXPECT(grid_ok(p.sum_grid) && grid_ok(p.elem_grid), "planes grids");
-  EXPECT(p.sum_partials == p.sum_grid && p.sum_grid == N * C * p.chunks, "partials");
+  EXPECT(p.sum_partials == p.sum_tiles && p.sum_tiles == N * C * p.chunks, "partials");
   EXPECT(p.chunks * p.chunk_len >= inner && (p.chunks - 1) * p.chunk_len < inner, "chunks");
   const int64_t numel = N * C * inner;
   if (numel > kExhaustive) {
-    const DytSpan last = dyt_plane_span(p, p.sum_grid - 1);
+    const DytSpan last = dyt_plane_span(p, p.sum_tiles - 1);
     EXPECT(last.plane == N * C - 1 && last.end == inner && last.begin < last.end, "last span");
     return;
   }
   std::vector<int> seen(numel, 0);
-  for (int64_t b = 0; b < p.sum_grid; ++b) {
+  for (int64_t b = 0; b < p.sum_tiles; ++b) {
     const DytSpan s = dyt_plane_span(p, b);
     EXPECT(s.plane >= 0 && s.plane < N * C && s.begin < s.end && s.end <= inner, "span %lld",
            (long long)b);
@@ -149,7 +150,8 @@ int main() {
       }
     }
   }
-  // Huge shapes: grids stay within limits, 64-bit offsets.
+  // Huge shapes: grids stay within limits (the kernels grid-stride over tiles), 64-bit offsets.
+  check_rows(3, int64_t(1) << 40, 528);  // more channel tiles than a grid holds
   check_rows(int64_t(1) << 31, 4096, 528);
   check_rows(int64_t(1) << 36, 16, 528);
   check_planes(1, 3, int64_t(1) << 38, 528);

@@ -74,7 +74,7 @@ void dyt_backward_cuda_kernel(const DytShape& shape, const at::Tensor& dY, const
   const cuda::DytPlan plan = plan_for(shape, X);
   const auto acc_options = X.options().dtype(alpha.scalar_type());
   at::Tensor sum_partials = at::empty({2 * plan.sum_partials}, acc_options);
-  at::Tensor alpha_partials = at::empty({plan.sum_grid}, acc_options);
+  at::Tensor alpha_partials = at::empty({plan.sum_tiles}, acc_options);
   cuda::DytBackwardArgs args{};
   args.dy = dY.const_data_ptr();
   args.x = X.const_data_ptr();

@@ -145,12 +145,12 @@ __global__ void __launch_bounds__(kDytBlockThreads)
   using acc_t = acc_type<T>;
   __shared__ acc_t shared[2][kDytRowLanes][kDytColsPerBlock];
   __shared__ acc_t reduce[kDytBlockThreads];
-  const int64_t block = blockIdx.x;
-  const DytTile tile = dyt_rows_tile(p, block);
   const int lane = threadIdx.x % kDytColsPerBlock;
   const int row_lane = threadIdx.x / kDytColsPerBlock;
-  const int64_t c = tile.col_begin + lane;
   const GradStep<T> step{alpha[0]};
+  for (int64_t block = blockIdx.x; block < p.sum_tiles; block += gridDim.x) {
+  const DytTile tile = dyt_rows_tile(p, block);
+  const int64_t c = tile.col_begin + lane;
   acc_t s_dyt = 0, s_dy = 0, s_da = 0;
   if (c < tile.col_end) {
     const acc_t w = param_or(gamma, c, acc_t(1));
@@ -171,9 +171,10 @@ __global__ void __launch_bounds__(kDytBlockThreads)
     partials[row_block * p.C + c] = a;
     partials[p.sum_partials + row_block * p.C + c] = b;
   }
-  const acc_t da = block_sum(s_da, reduce);
+  const acc_t da = block_sum(s_da, reduce);  // NB: its barriers also guard `shared` for the next tile
   if (threadIdx.x == 0) {
     alpha_partials[block] = da;
+  }
   }
 }
 
@@ -186,7 +187,7 @@ __global__ void __launch_bounds__(kDytBlockThreads)
                            acc_type<T>* __restrict__ alpha_partials) {
   using acc_t = acc_type<T>;
   __shared__ acc_t reduce[kDytBlockThreads];
-  const int64_t block = blockIdx.x;
+  for (int64_t block = blockIdx.x; block < p.sum_tiles; block += gridDim.x) {
   const DytSpan span = dyt_plane_span(p, block);
   const acc_t w = param_or(gamma, span.plane % p.C, acc_t(1));
   const GradStep<T> step{alpha[0]};
@@ -201,6 +202,7 @@ __global__ void __launch_bounds__(kDytBlockThreads)
     partials[block] = a;
     partials[p.sum_partials + block] = b;
     alpha_partials[block] = da;
+  }
   }
 }
 
@@ -298,7 +300,7 @@ cudaError_t backward_for(const DytPlan& plan, const DytBackwardArgs& args, cudaS
   }
   if (args.dalpha != nullptr) {
     dyt_alpha_total_kernel<acc_t><<<1, kDytBlockThreads, 0, stream>>>(
-        plan.sum_grid, alpha_partials, static_cast<acc_t*>(args.dalpha));
+        plan.sum_tiles, alpha_partials, static_cast<acc_t*>(args.dalpha));
     err = cudaGetLastError();
   }
   return err;

@@ -30,7 +30,7 @@ struct DytBackwardArgs {
   void* dgamma;          // acc_t[C] or null
   void* dbeta;           // acc_t[C] or null
   void* sum_partials;    // acc_t[2 * plan.sum_partials] of scratch
-  void* alpha_partials;  // acc_t[plan.sum_grid] of scratch
+  void* alpha_partials;  // acc_t[plan.sum_tiles] of scratch
 };
 
 cudaError_t launch_dyt_forward(const DytPlan& plan, DytScalarKind kind, const DytForwardArgs& args,

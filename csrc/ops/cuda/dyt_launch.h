@@ -7,11 +7,13 @@
 // planes of C channels x `inner` contiguous values.
 //
 // Backward reductions (no atomics):
-//   rows:   block b = (row_block, col_block) reduces rows [row_block * rows_per_block, ...) of the
+// Tiles (the units below) are visited by a grid-stride loop over blocks, so no shape is limited
+// by the grid size.
+//   rows:   tile b = (row_block, col_block) reduces rows [row_block * rows_per_block, ...) of the
 //           kDytColsPerBlock channels starting at col_block * kDytColsPerBlock: one (dy*t, dy)
-//           partial per (row_block, c), index row_block * C + c, and one dalpha partial per block.
-//   planes: block b = (plane, chunk) reduces elements [chunk * chunk_len, ...) of plane
-//           b / chunks: one (dy*t, dy, dalpha) partial per block.
+//           partial per (row_block, c), index row_block * C + c, and one dalpha partial per tile.
+//   planes: tile b = (plane, chunk) reduces elements [chunk * chunk_len, ...) of plane
+//           b / chunks: one (dy*t, dy, dalpha) partial per tile.
 //   Then one thread per channel sums its partials in order, and one block sums the dalpha
 //   partials in order.
 #pragma once
@@ -48,8 +50,9 @@ struct DytPlan {
   int64_t col_blocks;
   int64_t chunk_len;  // planes layout
   int64_t chunks;
-  int64_t sum_grid;        // blocks of the reduction kernel, one dalpha partial each
-  int64_t sum_partials;    // (dy*t, dy) partial pairs
+  int64_t sum_tiles;     // tiles of the reduction kernel, one dalpha partial each
+  int64_t sum_grid;      // blocks of the reduction kernel (grid-stride over the tiles)
+  int64_t sum_partials;  // (dy*t, dy) partial pairs
 };
 
 // target_blocks: blocks that fill the device (a few per SM); only the cut depends on it.
@@ -68,27 +71,21 @@ NORMEXT_HOST_DEVICE DytPlan make_dyt_plan(int64_t rows, int64_t C, int64_t inner
     const int64_t want_row_blocks = dyt_ceil_div(target_blocks, p.col_blocks);
     int64_t rpb = dyt_ceil_div(rows, want_row_blocks < 1 ? 1 : want_row_blocks);
     rpb = rpb < kDytMinRowsPerBlock ? kDytMinRowsPerBlock : rpb;
-    // the grid (row_blocks * col_blocks) stays within the hardware limit
-    while (dyt_ceil_div(rows, rpb) * p.col_blocks > kDytMaxGrid) {
-      rpb *= 2;
-    }
     p.rows_per_block = rpb;
     p.row_blocks = dyt_ceil_div(rows, rpb);
-    p.sum_grid = p.row_blocks * p.col_blocks;
+    p.sum_tiles = p.row_blocks * p.col_blocks;
     p.sum_partials = p.row_blocks * C;
   } else {
     const int64_t planes_n = rows * C;
     const int64_t want_chunks = dyt_ceil_div(target_blocks, planes_n);
     int64_t len = dyt_ceil_div(inner, want_chunks < 1 ? 1 : want_chunks);
     len = len < kDytMinChunk ? kDytMinChunk : len;
-    while (planes_n * dyt_ceil_div(inner, len) > kDytMaxGrid) {
-      len *= 2;
-    }
     p.chunk_len = len;
     p.chunks = dyt_ceil_div(inner, len);
-    p.sum_grid = planes_n * p.chunks;
-    p.sum_partials = p.sum_grid;
+    p.sum_tiles = planes_n * p.chunks;
+    p.sum_partials = p.sum_tiles;
   }
+  p.sum_grid = p.sum_tiles < 1 ? 1 : (p.sum_tiles > kDytMaxGrid ? kDytMaxGrid : p.sum_tiles);
   return p;
 }
 
