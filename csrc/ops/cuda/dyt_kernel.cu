@@ -109,8 +109,7 @@ __global__ void __launch_bounds__(kDytBlockThreads)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kDytBlockThreads + threadIdx.x; i < p.numel;
        i += stride) {
     const int64_t c = dyt_channel_of(p, i);
-    acc_t sech2;
-    const acc_t t = tanh_sech2(a * to_acc(x[i]), &sech2);
+    const acc_t t = tanh(a * to_acc(x[i]));
     y[i] = from_acc<T>(t * param_or(gamma, c, acc_t(1)) + param_or(beta, c, acc_t(0)));
   }
 }
@@ -149,32 +148,33 @@ __global__ void __launch_bounds__(kDytBlockThreads)
   const int row_lane = threadIdx.x / kDytColsPerBlock;
   const GradStep<T> step{alpha[0]};
   for (int64_t block = blockIdx.x; block < p.sum_tiles; block += gridDim.x) {
-  const DytTile tile = dyt_rows_tile(p, block);
-  const int64_t c = tile.col_begin + lane;
-  acc_t s_dyt = 0, s_dy = 0, s_da = 0;
-  if (c < tile.col_end) {
-    const acc_t w = param_or(gamma, c, acc_t(1));
-    for (int64_t r = tile.row_begin + row_lane; r < tile.row_end; r += kDytRowLanes) {
-      step(dy, x, dx, r * p.C + c, w, s_dyt, s_dy, s_da);
+    const DytTile tile = dyt_rows_tile(p, block);
+    const int64_t c = tile.col_begin + lane;
+    acc_t s_dyt = 0, s_dy = 0, s_da = 0;
+    if (c < tile.col_end) {
+      const acc_t w = param_or(gamma, c, acc_t(1));
+      for (int64_t r = tile.row_begin + row_lane; r < tile.row_end; r += kDytRowLanes) {
+        step(dy, x, dx, r * p.C + c, w, s_dyt, s_dy, s_da);
+      }
     }
-  }
-  shared[0][row_lane][lane] = s_dyt;
-  shared[1][row_lane][lane] = s_dy;
-  __syncthreads();
-  if (row_lane == 0 && c < tile.col_end) {
-    acc_t a = 0, b = 0;
-    for (int r = 0; r < kDytRowLanes; ++r) {
-      a += shared[0][r][lane];
-      b += shared[1][r][lane];
+    shared[0][row_lane][lane] = s_dyt;
+    shared[1][row_lane][lane] = s_dy;
+    __syncthreads();
+    if (row_lane == 0 && c < tile.col_end) {
+      acc_t a = 0, b = 0;
+      for (int r = 0; r < kDytRowLanes; ++r) {
+        a += shared[0][r][lane];
+        b += shared[1][r][lane];
+      }
+      const int64_t row_block = block / p.col_blocks;
+      partials[row_block * p.C + c] = a;
+      partials[p.sum_partials + row_block * p.C + c] = b;
     }
-    const int64_t row_block = block / p.col_blocks;
-    partials[row_block * p.C + c] = a;
-    partials[p.sum_partials + row_block * p.C + c] = b;
-  }
-  const acc_t da = block_sum(s_da, reduce);  // NB: its barriers also guard `shared` for the next tile
-  if (threadIdx.x == 0) {
-    alpha_partials[block] = da;
-  }
+    // NB: block_sum's barriers also keep `shared` intact until every thread has read it.
+    const acc_t da = block_sum(s_da, reduce);
+    if (threadIdx.x == 0) {
+      alpha_partials[block] = da;
+    }
   }
 }
 
@@ -188,21 +188,21 @@ __global__ void __launch_bounds__(kDytBlockThreads)
   using acc_t = acc_type<T>;
   __shared__ acc_t reduce[kDytBlockThreads];
   for (int64_t block = blockIdx.x; block < p.sum_tiles; block += gridDim.x) {
-  const DytSpan span = dyt_plane_span(p, block);
-  const acc_t w = param_or(gamma, span.plane % p.C, acc_t(1));
-  const GradStep<T> step{alpha[0]};
-  acc_t s_dyt = 0, s_dy = 0, s_da = 0;
-  for (int64_t i = span.begin + threadIdx.x; i < span.end; i += kDytBlockThreads) {
-    step(dy, x, dx, span.plane * p.inner + i, w, s_dyt, s_dy, s_da);
-  }
-  const acc_t a = block_sum(s_dyt, reduce);
-  const acc_t b = block_sum(s_dy, reduce);
-  const acc_t da = block_sum(s_da, reduce);
-  if (threadIdx.x == 0) {
-    partials[block] = a;
-    partials[p.sum_partials + block] = b;
-    alpha_partials[block] = da;
-  }
+    const DytSpan span = dyt_plane_span(p, block);
+    const acc_t w = param_or(gamma, span.plane % p.C, acc_t(1));
+    const GradStep<T> step{alpha[0]};
+    acc_t s_dyt = 0, s_dy = 0, s_da = 0;
+    for (int64_t i = span.begin + threadIdx.x; i < span.end; i += kDytBlockThreads) {
+      step(dy, x, dx, span.plane * p.inner + i, w, s_dyt, s_dy, s_da);
+    }
+    const acc_t a = block_sum(s_dyt, reduce);
+    const acc_t b = block_sum(s_dy, reduce);
+    const acc_t da = block_sum(s_da, reduce);
+    if (threadIdx.x == 0) {
+      partials[block] = a;
+      partials[p.sum_partials + block] = b;
+      alpha_partials[block] = da;
+    }
   }
 }
 
