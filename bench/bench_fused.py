@@ -47,7 +47,7 @@ def row(*cols):
 
 def bench_gn(args):
     row("case", "dtype", "layout", "fwd ms", "vs eager", "vs compile", "fwd+bwd ms", "vs eager", "vs compile")
-    for shape, g in GN_SUITE[: 2 if args.quick else None]:
+    for shape, g in GN_SUITE[: args.shapes or (2 if args.quick else None)]:
         for dtype in (torch.float32, torch.bfloat16):
             for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
                 x = torch.randn(shape, dtype=dtype).to(memory_format=fmt).requires_grad_()
@@ -61,9 +61,12 @@ def bench_gn(args):
                 fb_eager = measure(fwd_bwd(gn_silu_torch, x, w, b, go), args.min_time).median
                 f_comp = fb_comp = float("nan")
                 if not args.no_compile:
+                    # NB: one compiled function per grad mode (a switch would recompile)
+                    torch._dynamo.reset()
+                    compiled_fwd = torch.compile(gn_silu_torch)
                     compiled = torch.compile(gn_silu_torch)
                     with torch.no_grad():
-                        f_comp = measure(lambda: compiled(x, w, b), args.min_time).median
+                        f_comp = measure(lambda: compiled_fwd(x, w, b), args.min_time).median
                     fb_comp = measure(fwd_bwd(compiled, x, w, b, go), args.min_time).median
                 row("x".join(map(str, shape)), str(dtype)[6:], fmt_name, f"{f_ours * 1e3:.3f}",
                     f"{f_eager / f_ours:.2f}x", f"{f_comp / f_ours:.2f}x", f"{fb_ours * 1e3:.3f}",
@@ -118,7 +121,11 @@ def main():
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--min-time", type=float, default=0.3)
     parser.add_argument("--only", choices=["gn", "add", "dyt"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--shapes", type=int, default=None, help="first N GroupNorm shapes only")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(machine_info(ALLOCATOR), file=sys.stderr)
     if args.only in (None, "gn"):
         bench_gn(args)

@@ -6,6 +6,7 @@
 // Tasks only decide who computes a chunk, never how, so every result is bitwise identical for any
 // thread count.
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
@@ -353,13 +354,15 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   std::vector<GroupBackwardCoeffs<acc_t>> coeffs(groups);
 
   // With an activation, dy is the gradient of act(z): the _act leaves recompute z from x and
-  // use g = dy * act'(z) in its place.
+  // use g = dy * act'(z) in its place. NB: when T holds g exactly (float, double) the sums pass
+  // stores g into dx and the dx pass reads it back instead of evaluating act' a second time.
+  const bool stash_g = act && dx != nullptr && std::is_same<T, acc_t>::value;
   auto row_sums = [&](int64_t row) {
     const int64_t group = (row / C) * G + (row % C) / D;
     if (act) {
       k.grad_sums_act[act - 1](dy + row * HxW, x + row * HxW, HxW, mean[group],
                                rstd[group] * p.weight(row % C), p.bias(row % C), &ds[row],
-                               &db[row]);
+                               &db[row], stash_g ? dx + row * HxW : nullptr);
     } else {
       k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
     }
@@ -367,7 +370,11 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end) {
     const int64_t group = (row / C) * G + (row % C) / D;
     const GroupBackwardCoeffs<acc_t> q = coeffs[group];
-    if (act) {
+    if (stash_g) {
+      k.grad_input(dx + row * HxW + begin, x + row * HxW + begin, dx + row * HxW + begin,
+                   end - begin, rstd[group] * p.weight(row % C), mean[group], rstd[group],
+                   q.xhat_coeff, q.bias);
+    } else if (act) {
       k.grad_input_act[act - 1](dy + row * HxW + begin, x + row * HxW + begin,
                                 dx + row * HxW + begin, end - begin,
                                 rstd[group] * p.weight(row % C), mean[group], rstd[group],
@@ -452,6 +459,8 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       bias_c[n * Cp + c] = p.bias(c);
     }
   }
+  // As in backward_nchw: g stashed in dx when T holds it exactly.
+  const bool stash_g = act && dx != nullptr && std::is_same<T, acc_t>::value;
   // 1. per chunk, per channel: ds and db, laid out [task][ds Cp | db Cp]
   std::vector<acc_t> partial(tasks * 2 * Cp);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
@@ -461,7 +470,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       if (act) {
         k.grad_sums_act_cl[act - 1](dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
                                     &a_c[n * Cp], &bias_c[n * Cp], &partial[t * 2 * Cp],
-                                    &partial[t * 2 * Cp + Cp]);
+                                    &partial[t * 2 * Cp + Cp], stash_g ? dx + offset : nullptr);
       } else {
         k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
                        &partial[t * 2 * Cp], &partial[t * 2 * Cp + Cp]);
@@ -499,7 +508,10 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       for (int64_t t = end - 1; t >= begin; --t) {
         const int64_t n = t / nchunk, j = t % nchunk;
         const int64_t offset = (n * HxW + j * R) * C;
-        if (act) {
+        if (stash_g) {
+          k.grad_input_cl(dx + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
+                          &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
+        } else if (act) {
           k.grad_input_act_cl[act - 1](dy + offset, x + offset, dx + offset, rows_of(j), C,
                                        &a_c[n * Cp], &mean_c[n * Cp], &rstd_c[n * Cp],
                                        &b_c[n * Cp], &k_c[n * Cp], &bias_c[n * Cp]);

@@ -83,14 +83,15 @@ struct VecKernels {
   void (*normalize_act_cl[4])(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
                               const acc_t* scale_c, const acc_t* bias_c);
   // As grad_sums / grad_input with dy replaced by g = dy * act'(z), z = (x - mean) * scale + bias
-  // recomputed from x (in grad_input_act, scale is a: z = (x - mean) * a + bias).
+  // recomputed from x (in grad_input_act, scale is a: z = (x - mean) * a + bias). The sums also
+  // store g into g_out unless it is null (for a later plain grad_input when T holds g exactly).
   void (*grad_sums_act[4])(const T* dy, const T* x, int64_t n, acc_t mean, acc_t scale,
-                           acc_t bias, acc_t* ds, acc_t* db);
+                           acc_t bias, acc_t* ds, acc_t* db, T* g_out);
   void (*grad_input_act[4])(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
                             acc_t rstd, acc_t b, acc_t c, acc_t bias);
   void (*grad_sums_act_cl[4])(const T* dy, const T* x, int64_t rows, int64_t C,
                               const acc_t* mean_c, const acc_t* scale_c, const acc_t* bias_c,
-                              acc_t* ds_c, acc_t* db_c);
+                              acc_t* ds_c, acc_t* db_c, T* g_out);
   void (*grad_input_act_cl[4])(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
                                const acc_t* a_c, const acc_t* mean_c, const acc_t* rstd_c,
                                const acc_t* b_c, const acc_t* c_c, const acc_t* bias_c);

@@ -958,7 +958,7 @@ void normalize_act_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<
 
 template <int kAct, typename T>
 void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T> scale,
-                   acc_type<T> bias, acc_type<T>* ds_out, acc_type<T>* db_out) {
+                   acc_type<T> bias, acc_type<T>* ds_out, acc_type<T>* db_out, T* g_out) {
   constexpr int L = kLanes<T>;
   const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
   vacc<T> ds{}, db{};
@@ -966,6 +966,9 @@ void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_typ
   for (; i + L <= n; i += L) {
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
     const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * vscale + vbias);
+    if (g_out != nullptr) {
+      Io<T>::store(g_out + i, g);
+    }
     ds += g * xc;
     db += g;
   }
@@ -974,6 +977,9 @@ void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_typ
     // padded dy lanes are zero; mask_first keeps a non-finite act' of padded lanes out
     const vacc<T> g = mask_first<acc_type<T>>(
         load_n(dy + i, n - i) * act_grad<kAct>(xc * vscale + vbias), n - i);
+    if (g_out != nullptr) {
+      store_n(g_out + i, g, n - i);
+    }
     ds += g * xc;
     db += g;
   }
@@ -1003,7 +1009,8 @@ void grad_input_act(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, ac
 template <int kAct, typename T>
 void grad_sums_act_cl(const T* dy, const T* x, int64_t rows, int64_t C,
                       const acc_type<T>* mean_c, const acc_type<T>* scale_c,
-                      const acc_type<T>* bias_c, acc_type<T>* ds_c, acc_type<T>* db_c) {
+                      const acc_type<T>* bias_c, acc_type<T>* ds_c, acc_type<T>* db_c,
+                      T* g_out) {
   std::memset(ds_c, 0, padded_channels(C) * sizeof(acc_type<T>));
   std::memset(db_c, 0, padded_channels(C) * sizeof(acc_type<T>));
   for (int64_t r = 0; r < rows; ++r) {
@@ -1015,6 +1022,9 @@ void grad_sums_act_cl(const T* dy, const T* x, int64_t rows, int64_t C,
                   act_grad<kAct>(xc * load_acc(scale_c, c) + load_acc(bias_c, c));
       if constexpr (!decltype(full)::value) {
         g = mask_first<acc_type<T>>(g, C - c);
+      }
+      if (g_out != nullptr) {
+        store_x(g_out + r * C, g, c, C, full);
       }
       store_acc(ds_c, load_acc(ds_c, c) + g * xc, c);
       store_acc(db_c, load_acc(db_c, c) + g, c);
