@@ -354,26 +354,37 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   std::vector<GroupBackwardCoeffs<acc_t>> coeffs(groups);
 
   // With an activation, dy is the gradient of act(z): the _act leaves recompute z from x and
-  // use g = dy * act'(z) in its place. NB: when T holds g exactly (float, double) the sums pass
-  // stores g into dx and the dx pass reads it back instead of evaluating act' a second time.
-  const bool stash_g = act && dx != nullptr && std::is_same<T, acc_t>::value;
-  auto row_sums = [&](int64_t row) {
+  // use g = dy * act'(z) in its place. NB: the sums pass stores g (in acc_t) and the dx pass reads
+  // it back instead of evaluating act' a second time: into dx itself when T is acc_t (float,
+  // double), else (bf16, fp16) into a per-thread buffer of one group, when a task is a group.
+  constexpr bool kExact = std::is_same<T, acc_t>::value;
+  const bool per_group = one_task_per_group(groups);
+  const bool stash_g = act && dx != nullptr && (kExact || per_group);
+  // g of row `row` (only when stash_g): dx itself, or row d of the calling thread's group buffer
+  auto g_row = [&](int64_t row, acc_t* group_buf) -> acc_t* {
+    if constexpr (kExact) {
+      return reinterpret_cast<acc_t*>(dx) + row * HxW;
+    } else {
+      return group_buf + (row % C) % D * HxW;
+    }
+  };
+  auto row_sums = [&](int64_t row, acc_t* group_buf) {
     const int64_t group = (row / C) * G + (row % C) / D;
     if (act) {
       k.grad_sums_act[act - 1](dy + row * HxW, x + row * HxW, HxW, mean[group],
                                rstd[group] * p.weight(row % C), p.bias(row % C), &ds[row],
-                               &db[row], stash_g ? dx + row * HxW : nullptr);
+                               &db[row], stash_g ? g_row(row, group_buf) : nullptr);
     } else {
       k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
     }
   };
-  auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end) {
+  auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end, acc_t* group_buf) {
     const int64_t group = (row / C) * G + (row % C) / D;
     const GroupBackwardCoeffs<acc_t> q = coeffs[group];
     if (stash_g) {
-      k.grad_input(dx + row * HxW + begin, x + row * HxW + begin, dx + row * HxW + begin,
-                   end - begin, rstd[group] * p.weight(row % C), mean[group], rstd[group],
-                   q.xhat_coeff, q.bias);
+      k.grad_input_from_g(g_row(row, group_buf) + begin, x + row * HxW + begin,
+                          dx + row * HxW + begin, end - begin, rstd[group] * p.weight(row % C),
+                          mean[group], rstd[group], q.xhat_coeff, q.bias);
     } else if (act) {
       k.grad_input_act[act - 1](dy + row * HxW + begin, x + row * HxW + begin,
                                 dx + row * HxW + begin, end - begin,
@@ -386,18 +397,19 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
     }
   };
 
-  if (one_task_per_group(groups)) {
+  if (per_group) {
     // dy and x of a group stay in cache between the sums and dx.
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> group_buf(stash_g && !kExact ? D * HxW : 0);
       for (int64_t group = begin; group < end; ++group) {
         const int64_t first_row = (group / G) * C + (group % G) * D;
         for (int64_t d = 0; d < D; ++d) {
-          row_sums(first_row + d);
+          row_sums(first_row + d, group_buf.data());
         }
         coeffs[group] = group_coeffs(s, p, ds.data(), db.data(), rstd, group);
         if (dx != nullptr) {
           for (int64_t d = 0; d < D; ++d) {
-            grad_input_row(first_row + d, 0, HxW);
+            grad_input_row(first_row + d, 0, HxW, group_buf.data());
           }
         }
       }
@@ -405,7 +417,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   } else {
     at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        row_sums(row);
+        row_sums(row, nullptr);
       }
     });
     for (int64_t group = 0; group < groups; ++group) {
@@ -416,7 +428,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
       at::parallel_for(0, s.N * C * row_blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = (t % row_blocks) * kChunkElems;
-          grad_input_row(t / row_blocks, b, std::min(HxW, b + kChunkElems));
+          grad_input_row(t / row_blocks, b, std::min(HxW, b + kChunkElems), nullptr);
         }
       });
     }
@@ -459,7 +471,8 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       bias_c[n * Cp + c] = p.bias(c);
     }
   }
-  // As in backward_nchw: g stashed in dx when T holds it exactly.
+  // As in backward_nchw: g stashed in dx when T is acc_t (no buffer for bf16 / fp16 here: the dx
+  // pass runs after every chunk's sums).
   const bool stash_g = act && dx != nullptr && std::is_same<T, acc_t>::value;
   // 1. per chunk, per channel: ds and db, laid out [task][ds Cp | db Cp]
   std::vector<acc_t> partial(tasks * 2 * Cp);
@@ -470,7 +483,8 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       if (act) {
         k.grad_sums_act_cl[act - 1](dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
                                     &a_c[n * Cp], &bias_c[n * Cp], &partial[t * 2 * Cp],
-                                    &partial[t * 2 * Cp + Cp], stash_g ? dx + offset : nullptr);
+                                    &partial[t * 2 * Cp + Cp],
+                                    stash_g ? reinterpret_cast<acc_t*>(dx + offset) : nullptr);
       } else {
         k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
                        &partial[t * 2 * Cp], &partial[t * 2 * Cp + Cp]);
@@ -509,6 +523,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
         const int64_t n = t / nchunk, j = t % nchunk;
         const int64_t offset = (n * HxW + j * R) * C;
         if (stash_g) {
+          // dx holds g: T is acc_t here
           k.grad_input_cl(dx + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
                           &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
         } else if (act) {

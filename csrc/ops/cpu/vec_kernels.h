@@ -84,19 +84,22 @@ struct VecKernels {
                               const acc_t* scale_c, const acc_t* bias_c);
   // As grad_sums / grad_input with dy replaced by g = dy * act'(z), z = (x - mean) * scale + bias
   // recomputed from x (in grad_input_act, scale is a: z = (x - mean) * a + bias). The sums also
-  // store g into g_out unless it is null (for a later plain grad_input when T holds g exactly).
+  // store g into g_out (acc_t) unless it is null, for grad_input_from_g.
   void (*grad_sums_act[4])(const T* dy, const T* x, int64_t n, acc_t mean, acc_t scale,
-                           acc_t bias, acc_t* ds, acc_t* db, T* g_out);
+                           acc_t bias, acc_t* ds, acc_t* db, acc_t* g_out);
   void (*grad_input_act[4])(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
                             acc_t rstd, acc_t b, acc_t c, acc_t bias);
   void (*grad_sums_act_cl[4])(const T* dy, const T* x, int64_t rows, int64_t C,
                               const acc_t* mean_c, const acc_t* scale_c, const acc_t* bias_c,
-                              acc_t* ds_c, acc_t* db_c, T* g_out);
+                              acc_t* ds_c, acc_t* db_c, acc_t* g_out);
   void (*grad_input_act_cl[4])(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
                                const acc_t* a_c, const acc_t* mean_c, const acc_t* rstd_c,
                                const acc_t* b_c, const acc_t* c_c, const acc_t* bias_c);
   // s = x + r rounded to T over n contiguous values (add_group_norm's residual add).
   void (*add_values)(const T* x, const T* r, T* s, int64_t n);
+  // grad_input with g (the gradient at the GroupNorm output) from an acc_t buffer.
+  void (*grad_input_from_g)(const acc_t* g, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
+                            acc_t rstd, acc_t b, acc_t c);
 };
 
 struct VecKernelTable {

@@ -958,7 +958,8 @@ void normalize_act_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<
 
 template <int kAct, typename T>
 void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T> scale,
-                   acc_type<T> bias, acc_type<T>* ds_out, acc_type<T>* db_out, T* g_out) {
+                   acc_type<T> bias, acc_type<T>* ds_out, acc_type<T>* db_out,
+                   acc_type<T>* g_out) {
   constexpr int L = kLanes<T>;
   const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
   vacc<T> ds{}, db{};
@@ -967,7 +968,7 @@ void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_typ
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
     const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * vscale + vbias);
     if (g_out != nullptr) {
-      Io<T>::store(g_out + i, g);
+      Io<acc_type<T>>::store(g_out + i, g);
     }
     ds += g * xc;
     db += g;
@@ -978,7 +979,7 @@ void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_typ
     const vacc<T> g = mask_first<acc_type<T>>(
         load_n(dy + i, n - i) * act_grad<kAct>(xc * vscale + vbias), n - i);
     if (g_out != nullptr) {
-      store_n(g_out + i, g, n - i);
+      store_n(g_out + i, g, n - i);  // acc_type<T> lanes
     }
     ds += g * xc;
     db += g;
@@ -1010,7 +1011,7 @@ template <int kAct, typename T>
 void grad_sums_act_cl(const T* dy, const T* x, int64_t rows, int64_t C,
                       const acc_type<T>* mean_c, const acc_type<T>* scale_c,
                       const acc_type<T>* bias_c, acc_type<T>* ds_c, acc_type<T>* db_c,
-                      T* g_out) {
+                      acc_type<T>* g_out) {
   std::memset(ds_c, 0, padded_channels(C) * sizeof(acc_type<T>));
   std::memset(db_c, 0, padded_channels(C) * sizeof(acc_type<T>));
   for (int64_t r = 0; r < rows; ++r) {
@@ -1024,7 +1025,7 @@ void grad_sums_act_cl(const T* dy, const T* x, int64_t rows, int64_t C,
         g = mask_first<acc_type<T>>(g, C - c);
       }
       if (g_out != nullptr) {
-        store_x(g_out + r * C, g, c, C, full);
+        store_x(g_out + r * C, g, c, C, full);  // acc_type<T> lanes
       }
       store_acc(ds_c, load_acc(ds_c, c) + g * xc, c);
       store_acc(db_c, load_acc(db_c, c) + g, c);
@@ -1048,6 +1049,25 @@ void grad_input_act_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
       const vacc<T> v = a * g + load_acc(b_c, c) * (xc * load_acc(rstd_c, c)) + load_acc(c_c, c);
       store_x(dxr, v, c, C, full);
     });
+  }
+}
+
+// dx = a * g + b * ((x - mean) * rstd) + c with g (= dy * act'(z)) read from an acc_t buffer.
+template <typename T>
+void grad_input_from_g(const acc_type<T>* g, const T* x, T* dx, int64_t n, acc_type<T> a,
+                       acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
+  using A = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
+                vb = splat<T>(b), vc = splat<T>(c);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
+    Io<T>::store(dx + i, va * Io<A>::load(g + i) + vb * xhat + vc);
+  }
+  if (i < n) {
+    const vacc<T> xhat = (load_n(x + i, n - i) - vmean) * vrstd;
+    store_n(dx + i, va * load_n(g + i, n - i) + vb * xhat + vc, n - i);
   }
 }
 
@@ -1082,7 +1102,7 @@ constexpr VecKernels<T> make_kernels() {
            &grad_sums_act_cl<kGeluTanh, T>, &grad_sums_act_cl<kRelu, T>},
           {&grad_input_act_cl<kSilu, T>, &grad_input_act_cl<kGelu, T>,
            &grad_input_act_cl<kGeluTanh, T>, &grad_input_act_cl<kRelu, T>},
-          &add_values<T>};
+          &add_values<T>, &grad_input_from_g<T>};
 }
 
 } // namespace
