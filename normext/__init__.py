@@ -27,7 +27,7 @@ from normext import _C  # noqa: E402  (loads the library: registers the ops)
 from normext import _meta, _autograd  # noqa: E402,F401  (fake kernels, autograd formulas)
 from normext import functional  # noqa: E402
 from normext.modules import (  # noqa: E402
-    BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
+    BatchNorm1d, BatchNorm2d, BatchNorm3d, DyT, GroupNorm, InstanceNorm1d, InstanceNorm2d,
     InstanceNorm3d, LayerNorm, RMSNorm,
 )
 from normext.sync_batch_norm import SyncBatchNorm  # noqa: E402
@@ -35,5 +35,5 @@ from normext.convert import convert  # noqa: E402
 
 __all__ = [
     "functional", "convert", "GroupNorm", "LayerNorm", "RMSNorm", "BatchNorm1d", "BatchNorm2d",
-    "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm",
+    "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "SyncBatchNorm", "DyT",
 ]

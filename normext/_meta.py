@@ -58,7 +58,8 @@ def check_group_norm_args(input, weight, bias, num_groups: int) -> None:
 
 
 def _c10_name(dtype: torch.dtype) -> str:
-    names = {torch.int32: "Int", torch.int64: "Long", torch.int16: "Short", torch.int8: "Char",
+    names = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+             torch.bfloat16: "BFloat16",torch.int32: "Int", torch.int64: "Long", torch.int16: "Short", torch.int8: "Char",
              torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
              torch.complex128: "ComplexDouble"}
     return names.get(dtype, str(dtype).replace("torch.", ""))
@@ -75,9 +76,18 @@ def group_norm_memory_format(input: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def check_activation(activation: int) -> None:
+    if not 0 <= activation < 5:
+        raise RuntimeError(
+            "group_norm: activation must be 0 (none), 1 (silu), 2 (gelu), 3 (gelu_tanh) or 4 "
+            f"(relu), but got {activation}"
+        )
+
+
 @torch.library.register_fake("normext::group_norm_forward")
-def _group_norm_forward_fake(input, weight, bias, num_groups, eps):
+def _group_norm_forward_fake(input, weight, bias, num_groups, eps, activation=0):
     check_group_norm_args(input, weight, bias, num_groups)
+    check_activation(activation)
     y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
     stats = (input.shape[0], num_groups)
     dtype = acc_dtype(input.dtype)
@@ -85,8 +95,10 @@ def _group_norm_forward_fake(input, weight, bias, num_groups, eps):
 
 
 @torch.library.register_fake("normext::group_norm_backward")
-def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, output_mask):
-    check_group_norm_args(input, weight, None, num_groups)
+def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, output_mask,
+                              bias=None, activation=0):
+    check_group_norm_args(input, weight, bias if activation else None, num_groups)
+    check_activation(activation)
     acc = acc_dtype(input.dtype)
     param_dtype = weight.dtype if weight is not None else acc
     C = input.shape[1]
@@ -270,6 +282,8 @@ def _add_rms_norm_forward_fake(input, residual, normalized_shape, weight, eps):
     y, summed, _, rstd = _row_norm_forward_fake(input, residual, normalized_shape, weight, None,
                                                 True)
     return y, summed, rstd
+
+
 # ---- batch_norm ---------------------------------------------------------------------------------
 
 
@@ -369,3 +383,118 @@ def _batch_norm_backward_reduce_fake(grad_out, input, mean):
 def _batch_norm_backward_elemt_fake(grad_out, input, weight, mean, invstd, sum_dy, sum_dy_xmu,
                                     count):
     return torch.empty_like(input, memory_format=group_norm_memory_format(input))
+
+
+@torch.library.register_fake("normext::add_group_norm_forward")
+def _add_group_norm_forward_fake(input, residual, weight, bias, num_groups, eps, activation=0):
+    check_group_norm_args(input, weight, bias, num_groups)
+    check_activation(activation)
+    if residual.shape != input.shape:
+        raise RuntimeError(
+            f"add_group_norm: expected residual of shape {list(input.shape)} (the input's), but "
+            f"got {list(residual.shape)}"
+        )
+    if residual.dtype != input.dtype:
+        raise RuntimeError(
+            f"add_group_norm: expected residual of dtype {_c10_name(input.dtype)} (the input's), "
+            f"but got {_c10_name(residual.dtype)}"
+        )
+    fmt = group_norm_memory_format(input)
+    stats = (input.shape[0], num_groups)
+    dtype = acc_dtype(input.dtype)
+    return (torch.empty_like(input, memory_format=fmt), torch.empty_like(input, memory_format=fmt),
+            input.new_empty(stats, dtype=dtype), input.new_empty(stats, dtype=dtype))
+
+
+@torch.library.register_fake("normext::group_norm_inplace")
+def _group_norm_inplace_fake(input, weight, bias, num_groups, eps, activation=0):
+    check_group_norm_args(input, weight, bias, num_groups)
+    check_activation(activation)
+
+
+# ---- DyT ---------------------------------------------------------------------------------------
+
+
+def check_dyt_args(input, alpha, weight, bias, channels_last: bool) -> None:
+    """The checks of csrc/ops/dyt.cpp, with the same messages."""
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(
+            f"normext dyt: not implemented for '{_c10_name(input.dtype)}' "
+            "(expected float32, float64, bfloat16 or float16)"
+        )
+    if channels_last and input.dim() < 1:
+        raise RuntimeError(
+            "dyt: expected an input with at least 1 dimension (channels_last=True), but got a "
+            "0-dimensional tensor"
+        )
+    if not channels_last and input.dim() < 2:
+        raise RuntimeError(
+            "dyt: expected an input with at least 2 dimensions (N, C, *) (channels_last=False), "
+            f"but got input of shape {list(input.shape)}"
+        )
+    if alpha.numel() != 1:
+        raise RuntimeError(
+            f"dyt: expected alpha with exactly one element, but got alpha of shape {list(alpha.shape)}"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if channels_last:
+            k = p.dim()
+            if not (1 <= k <= input.dim() and tuple(p.shape) == tuple(input.shape[input.dim() - k:])):
+                raise RuntimeError(
+                    f"dyt: expected {name} of the shape of the trailing dimensions of input "
+                    f"(channels_last=True), but got {name} of shape {list(p.shape)} and input of "
+                    f"shape {list(input.shape)}"
+                )
+        elif p.dim() != 1 or p.shape[0] != input.shape[1]:
+            raise RuntimeError(
+                f"dyt: expected {name} to be a vector of size equal to the number of channels in "
+                f"input (dim 1, channels_last=False), but got {name} of shape {list(p.shape)} and "
+                f"input of shape {list(input.shape)}"
+            )
+    if weight is not None and bias is not None and weight.shape != bias.shape:
+        raise RuntimeError(
+            f"dyt: expected weight and bias of the same shape, but got {list(weight.shape)} and "
+            f"{list(bias.shape)}"
+        )
+    for t in (alpha, weight, bias):
+        if t is not None and t.device != input.device:
+            raise RuntimeError(
+                f"Tensor on device {t.device} is not on the expected device {input.device}!"
+            )
+    check_param_dtypes(input, alpha, weight, bias)
+
+
+def dyt_memory_format(input: torch.Tensor, channels_last: bool) -> torch.memory_format:
+    """channels_last=False keeps a channels-last(_3d) input's layout; all else is contiguous."""
+    if channels_last or input.dim() < 4:
+        return torch.contiguous_format
+    return group_norm_memory_format(input)
+
+
+@torch.library.register_fake("normext::dyt_forward")
+def _dyt_forward_fake(input, alpha, weight, bias, channels_last):
+    check_dyt_args(input, alpha, weight, bias, channels_last)
+    return torch.empty_like(input, memory_format=dyt_memory_format(input, channels_last))
+
+
+@torch.library.register_fake("normext::dyt_backward")
+def _dyt_backward_fake(grad_out, input, alpha, weight, channels_last, output_mask):
+    check_dyt_args(input, alpha, weight, None, channels_last)
+    if weight is not None:
+        c_shape = tuple(weight.shape)
+    else:
+        c_shape = (input.shape[-1] if channels_last else input.shape[1],)
+    param_dtype = weight.dtype if weight is not None else acc_dtype(input.dtype)
+    dx = (
+        torch.empty_like(input, memory_format=dyt_memory_format(input, channels_last))
+        if output_mask[0]
+        else input.new_empty((0,))
+    )
+    dalpha = alpha.new_empty(alpha.shape) if output_mask[1] else alpha.new_empty((0,))
+    dweight = (input.new_empty(c_shape, dtype=param_dtype) if output_mask[2] and weight is not None
+               else input.new_empty((0,), dtype=param_dtype))
+    dbias = (input.new_empty(c_shape, dtype=param_dtype) if output_mask[3]
+             else input.new_empty((0,), dtype=param_dtype))
+    return dx, dalpha, dweight, dbias

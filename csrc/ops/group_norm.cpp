@@ -3,6 +3,7 @@
 #include "ops/group_norm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
@@ -94,48 +95,130 @@ at::Tensor param_in_acc_dtype(const std::optional<at::Tensor>& param, const at::
   return param->to(acc_dtype_of(input)).contiguous();
 }
 
+void check_activation(int64_t activation) {
+  TORCH_CHECK(activation >= 0 && activation < kNumActivations,
+              "group_norm: activation must be 0 (none), 1 (silu), 2 (gelu), 3 (gelu_tanh) or 4 "
+              "(relu), but got ", activation);
+}
+
+// Checks shared by every forward; returns the shape the kernels see.
+GroupNormShape check_forward_args(const at::Tensor& input, const at::Tensor& weight,
+                                  const at::Tensor& bias, int64_t num_groups,
+                                  int64_t activation) {
+  check_input(input, num_groups);
+  check_param(input, weight, "weight", input.size(1));
+  check_param(input, bias, "bias", input.size(1));
+  check_param_dtypes(input, {weight, bias});
+  check_activation(activation);
+  const GroupNormShape shape = shape_of(input, num_groups);
+  TORCH_CHECK(shape.N == 0 || shape.C == 0 || shape.HxW > 0,
+              "Expected HxW to be greater than 0, got ", shape.HxW);
+  return shape;
+}
+
+// Runs the kernel, or fills the statistics of an empty input.
+void run_forward(const GroupNormShape& shape, const at::Tensor& X, const at::Tensor& input,
+                 const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                 double eps, const GroupNormFusion& fusion, at::Tensor& Y, at::Tensor& mean,
+                 at::Tensor& rstd, GroupNormForwardKernel kernel) {
+  if (X.numel() == 0) {
+    mean.zero_();
+    rstd.fill_(1.0 / std::sqrt(eps));
+    return;
+  }
+  kernel(shape, X, param_in_acc_dtype(weight, input), param_in_acc_dtype(bias, input), eps,
+         fusion, Y, mean, rstd);
+}
+
+std::pair<at::Tensor, at::Tensor> empty_stats(const at::Tensor& X, const GroupNormShape& shape,
+                                              const at::Tensor& input) {
+  const auto stats_options = X.options().dtype(acc_dtype_of(input));
+  return {at::empty({shape.N, shape.G}, stats_options), at::empty({shape.N, shape.G}, stats_options)};
+}
+
 } // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps,
+    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps, int64_t activation,
     GroupNormForwardKernel kernel) {
   NORMEXT_RANGE("normext::group_norm_forward");
-  check_input(input, num_groups);
-  const at::Tensor weight_t = weight.value_or(at::Tensor());
-  const at::Tensor bias_t = bias.value_or(at::Tensor());
-  check_param(input, weight_t, "weight", input.size(1));
-  check_param(input, bias_t, "bias", input.size(1));
-  check_param_dtypes(input, {weight_t, bias_t});
-
-  const GroupNormShape shape = shape_of(input, num_groups);
-  TORCH_CHECK(shape.N == 0 || shape.C == 0 || shape.HxW > 0,
-              "Expected HxW to be greater than 0, got ", shape.HxW);
+  const GroupNormShape shape = check_forward_args(input, weight.value_or(at::Tensor()),
+                                                  bias.value_or(at::Tensor()), num_groups,
+                                                  activation);
   const at::MemoryFormat format = memory_format_of(input, shape);
   const at::Tensor X = input.contiguous(format);
   at::Tensor Y = at::empty_like(X, X.options(), format);
-  const auto stats_options = X.options().dtype(acc_dtype_of(input));
-  at::Tensor mean = at::empty({shape.N, num_groups}, stats_options);
-  at::Tensor rstd = at::empty({shape.N, num_groups}, stats_options);
-  if (X.numel() == 0) {
-    mean.zero_();
-    rstd.fill_(1.0 / std::sqrt(eps));
-    return {Y, mean, rstd};
-  }
-  kernel(shape, X, param_in_acc_dtype(weight, input), param_in_acc_dtype(bias, input), eps, Y,
-         mean, rstd);
+  auto [mean, rstd] = empty_stats(X, shape, input);
+  GroupNormFusion fusion;
+  fusion.activation = activation;
+  run_forward(shape, X, input, weight, bias, eps, fusion, Y, mean, rstd, kernel);
   return {Y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_group_norm_forward(
+    const at::Tensor& input, const at::Tensor& residual, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, int64_t num_groups, double eps, int64_t activation,
+    GroupNormForwardKernel kernel) {
+  NORMEXT_RANGE("normext::add_group_norm_forward");
+  const GroupNormShape shape = check_forward_args(input, weight.value_or(at::Tensor()),
+                                                  bias.value_or(at::Tensor()), num_groups,
+                                                  activation);
+  TORCH_CHECK(residual.sizes() == input.sizes(), "add_group_norm: expected residual of shape ",
+              input.sizes(), " (the input's), but got ", residual.sizes());
+  TORCH_CHECK(residual.scalar_type() == input.scalar_type(),
+              "add_group_norm: expected residual of dtype ", input.scalar_type(),
+              " (the input's), but got ", residual.scalar_type());
+  TORCH_CHECK(residual.device() == input.device(), "Tensor on device ", residual.device(),
+              " is not on the expected device ", input.device(), "!");
+  const at::MemoryFormat format = memory_format_of(input, shape);
+  const at::Tensor X = input.contiguous(format);
+  GroupNormFusion fusion;
+  fusion.activation = activation;
+  fusion.residual = residual.contiguous(format);
+  fusion.summed = at::empty_like(X, X.options(), format);
+  at::Tensor Y = at::empty_like(X, X.options(), format);
+  auto [mean, rstd] = empty_stats(X, shape, input);
+  run_forward(shape, X, input, weight, bias, eps, fusion, Y, mean, rstd, kernel);
+  return {Y, fusion.summed, mean, rstd};
+}
+
+void group_norm_inplace(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                        const std::optional<at::Tensor>& bias, int64_t num_groups, double eps,
+                        int64_t activation, GroupNormForwardKernel kernel) {
+  NORMEXT_RANGE("normext::group_norm_inplace");
+  const GroupNormShape shape = check_forward_args(input, weight.value_or(at::Tensor()),
+                                                  bias.value_or(at::Tensor()), num_groups,
+                                                  activation);
+  at::assert_no_internal_overlap(input);
+  const at::MemoryFormat format = memory_format_of(input, shape);
+  // NB: the kernels read every element of a chunk before writing it, so Y may be X itself; other
+  // strides go through a dense copy and back.
+  const bool dense = input.is_contiguous(format);
+  at::Tensor X = dense ? input : input.contiguous(format);
+  auto [mean, rstd] = empty_stats(X, shape, input);
+  GroupNormFusion fusion;
+  fusion.activation = activation;
+  run_forward(shape, X, input, weight, bias, eps, fusion, X, mean, rstd, kernel);
+  if (!dense) {
+    input.copy_(X);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
     const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& rstd, const std::optional<at::Tensor>& weight, int64_t num_groups,
-    std::array<bool, 3> output_mask, GroupNormBackwardKernel kernel) {
+    std::array<bool, 3> output_mask, const std::optional<at::Tensor>& bias, int64_t activation,
+    GroupNormBackwardKernel kernel) {
   NORMEXT_RANGE("normext::group_norm_backward");
   check_input(input, num_groups);
   const at::Tensor weight_t = weight.value_or(at::Tensor());
+  // The bias only matters to recompute an activation's input; without one it is not read.
+  const at::Tensor bias_t = activation != 0 ? bias.value_or(at::Tensor()) : at::Tensor();
   check_param(input, weight_t, "weight", input.size(1));
-  check_param_dtypes(input, {weight_t});
+  check_param(input, bias_t, "bias", input.size(1));
+  check_param_dtypes(input, {weight_t, bias_t});
+  check_activation(activation);
   TORCH_CHECK(grad_out.sizes() == input.sizes(), "Expected grad_out of shape ", input.sizes(),
               " (the input's), but got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "Expected grad_out of dtype ",
@@ -165,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
     }
   } else if (dX.defined() || dgamma.defined() || dbeta.defined()) {
     kernel(shape, dY, X, mean.contiguous(), rstd.contiguous(), param_in_acc_dtype(weight, input),
-           dX, dgamma, dbeta);
+           param_in_acc_dtype(bias_t, input), activation, dX, dgamma, dbeta);
   }
   // Masked-out gradients come back as empty tensors: custom op schemas cannot return None.
   auto or_empty = [&](const at::Tensor& t, const at::TensorOptions& options) {
@@ -178,6 +261,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
 TORCH_LIBRARY_IMPL(normext, CPU, m) {
   m.impl("group_norm_forward", &group_norm_forward_on<group_norm_forward_cpu_kernel>);
   m.impl("group_norm_backward", &group_norm_backward_on<group_norm_backward_cpu_kernel>);
+  m.impl("add_group_norm_forward", &add_group_norm_forward_on<group_norm_forward_cpu_kernel>);
+  m.impl("group_norm_inplace", &group_norm_inplace_on<group_norm_forward_cpu_kernel>);
 }
 
 } // namespace normext

@@ -16,10 +16,10 @@ namespace {
 
 using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using ForwardFn = TensorTriple(const at::Tensor&, const std::optional<at::Tensor>&,
-                               const std::optional<at::Tensor>&, int64_t, double);
+                               const std::optional<at::Tensor>&, int64_t, double, int64_t);
 using BackwardFn = TensorTriple(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                 const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                                std::array<bool, 3>);
+                                std::array<bool, 3>, const std::optional<at::Tensor>&, int64_t);
 
 constexpr int64_t kNumGroups = 3;
 constexpr double kEps = 1e-5;
@@ -69,20 +69,20 @@ void test_forward(const c10::TypedOperatorHandle<ForwardFn>& forward) {
   const at::Tensor b = at::randn({6});
   const at::Tensor expected = at::group_norm(x, kNumGroups, w, b, kEps);
 
-  auto [y, mean, rstd] = forward.call(x, w, b, kNumGroups, kEps);
+  auto [y, mean, rstd] = forward.call(x, w, b, kNumGroups, kEps, /*activation=*/0);
   check_close(y, expected, "forward contiguous: y matches at::group_norm");
   check_sizes(mean, {2, kNumGroups}, "forward: mean has shape (N, G)");
   check_sizes(rstd, {2, kNumGroups}, "forward: rstd has shape (N, G)");
 
   const at::Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
-  auto [y_cl, mean_cl, rstd_cl] = forward.call(x_cl, w, b, kNumGroups, kEps);
+  auto [y_cl, mean_cl, rstd_cl] = forward.call(x_cl, w, b, kNumGroups, kEps, /*activation=*/0);
   check(y_cl.is_contiguous(at::MemoryFormat::ChannelsLast),
         "forward channels_last: y is channels_last");
   check_close(y_cl, expected, "forward channels_last: y matches at::group_norm");
   check_close(mean_cl, mean, "forward channels_last: mean matches contiguous");
   check_close(rstd_cl, rstd, "forward channels_last: rstd matches contiguous");
 
-  auto [y_nw, mean_nw, rstd_nw] = forward.call(x, std::nullopt, std::nullopt, kNumGroups, kEps);
+  auto [y_nw, mean_nw, rstd_nw] = forward.call(x, std::nullopt, std::nullopt, kNumGroups, kEps, /*activation=*/0);
   check_close(y_nw, at::group_norm(x, kNumGroups, {}, {}, kEps),
               "forward without weight/bias: y matches at::group_norm");
 }
@@ -106,23 +106,23 @@ void test_backward(const c10::TypedOperatorHandle<ForwardFn>& forward,
   const at::Tensor grad_out = at::randn({2, 6, 4, 4});
   auto [dx_ref, dw_ref, db_ref] = reference_grads(x, w, b, grad_out);
 
-  auto [y, mean, rstd] = forward.call(x, w, b, kNumGroups, kEps);
-  auto [dx, dw, db] = backward.call(grad_out, x, mean, rstd, w, kNumGroups, {true, true, true});
+  auto [y, mean, rstd] = forward.call(x, w, b, kNumGroups, kEps, /*activation=*/0);
+  auto [dx, dw, db] = backward.call(grad_out, x, mean, rstd, w, kNumGroups, {true, true, true}, std::nullopt, 0);
   check_close(dx, dx_ref, "backward: dx matches autograd");
   check_close(dw, dw_ref, "backward: dweight matches autograd");
   check_close(db, db_ref, "backward: dbias matches autograd");
 
   const at::Tensor x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor grad_out_cl = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  auto [y_cl, mean_cl, rstd_cl] = forward.call(x_cl, w, b, kNumGroups, kEps);
+  auto [y_cl, mean_cl, rstd_cl] = forward.call(x_cl, w, b, kNumGroups, kEps, /*activation=*/0);
   auto [dx_cl, dw_cl, db_cl] =
-      backward.call(grad_out_cl, x_cl, mean_cl, rstd_cl, w, kNumGroups, {true, true, true});
+      backward.call(grad_out_cl, x_cl, mean_cl, rstd_cl, w, kNumGroups, {true, true, true}, std::nullopt, 0);
   check_close(dx_cl, dx_ref, "backward channels_last: dx matches autograd");
   check_close(dw_cl, dw_ref, "backward channels_last: dweight matches autograd");
   check_close(db_cl, db_ref, "backward channels_last: dbias matches autograd");
 
   auto [dx_only, dw_none, db_none] =
-      backward.call(grad_out, x, mean, rstd, w, kNumGroups, {true, false, false});
+      backward.call(grad_out, x, mean, rstd, w, kNumGroups, {true, false, false}, std::nullopt, 0);
   check_close(dx_only, dx_ref, "backward mask (1,0,0): dx matches autograd");
   check_sizes(dw_none, {0}, "backward mask (1,0,0): dweight is empty [0]");
   check_sizes(db_none, {0}, "backward mask (1,0,0): dbias is empty [0]");

@@ -6,6 +6,7 @@
 // Tasks only decide who computes a chunk, never how, so every result is bitwise identical for any
 // thread count.
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
@@ -110,14 +111,30 @@ struct Params {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// Pointers of the fused forward (GroupNormFusion): R (residual) null or S = X + R to write and
+// normalize; act the activation (0 none).
 template <typename scalar_t>
-void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
+struct ForwardFusion {
+  const scalar_t* R;
+  scalar_t* S;
+  int64_t act;
+};
+
+template <typename scalar_t>
+void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
                   Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
-                  at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
+                  at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd,
+                  ForwardFusion<scalar_t> fusion) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   static_assert(std::is_same<acc_t, at::opmath_type<scalar_t>>::value, "accumulation type");
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  // With a residual, the statistics step writes S = X + R chunk by chunk (S stays in cache for
+  // the statistics) and everything after it reads S.
+  const scalar_t* X = fusion.R ? fusion.S : X_in;
+  const auto* x_in = reinterpret_cast<const T*>(X_in);
+  const auto* r = reinterpret_cast<const T*>(fusion.R);
+  auto* sum = reinterpret_cast<T*>(fusion.S);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const int64_t D = s.C / s.G;
@@ -127,8 +144,12 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
 
   auto chunk_stat = [&](int64_t group, int64_t j) {
     const int64_t n = std::min(kChunkElems, L - j * kChunkElems);
+    const int64_t offset = group * L + j * kChunkElems;
+    if (r != nullptr) {
+      k.add_values(x_in + offset, r + offset, sum + offset, n);
+    }
     acc_t mean_j, m2_j;
-    k.chunk_stats(x + group * L + j * kChunkElems, n, &mean_j, &m2_j);
+    k.chunk_stats(x + offset, n, &mean_j, &m2_j);
     return widen(mean_j, m2_j, n);
   };
   auto finalize = [&](int64_t group, WelfordStat<double> stat) {
@@ -137,8 +158,9 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
   auto normalize_row = [&](int64_t row, int64_t begin, int64_t end) {
     const int64_t group = (row / s.C) * s.G + (row % s.C) / D;
     const int64_t c = row % s.C;
-    k.normalize(x + row * s.HxW + begin, y + row * s.HxW + begin, end - begin, mean[group],
-                rstd[group] * p.weight(c), p.bias(c));
+    auto* normalize = fusion.act ? k.normalize_act[fusion.act - 1] : k.normalize;
+    normalize(x + row * s.HxW + begin, y + row * s.HxW + begin, end - begin, mean[group],
+              rstd[group] * p.weight(c), p.bias(c));
   };
 
   // Normalizes elements [begin, end) of a group, one channel row segment at a time.
@@ -204,12 +226,17 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
 }
 
 template <typename scalar_t>
-void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t* Y,
+void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
                            Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
-                           at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd) {
+                           at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* rstd,
+                           ForwardFusion<scalar_t> fusion) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const scalar_t* X = fusion.R ? fusion.S : X_in;  // as in forward_nchw
+  const auto* x_in = reinterpret_cast<const T*>(X_in);
+  const auto* r = reinterpret_cast<const T*>(fusion.R);
+  auto* sum = reinterpret_cast<T*>(fusion.S);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const int64_t C = s.C, G = s.G, D = C / G;
@@ -225,6 +252,10 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
     std::vector<acc_t> scratch(3 * Cp);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nchunk, j = t % nchunk;
+      if (r != nullptr) {
+        const int64_t offset = (n * s.HxW + j * R) * C;
+        k.add_values(x_in + offset, r + offset, sum + offset, rows_of(j) * C);
+      }
       k.chunk_stats_cl(x + (n * s.HxW + j * R) * C, rows_of(j), C, D, scratch.data(),
                        &partial[t * 2 * G], &partial[t * 2 * G + G]);
     }
@@ -257,8 +288,9 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X, scalar_t*
     for (int64_t t = end - 1; t >= begin; --t) {
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * s.HxW + j * R) * C;
-      k.normalize_cl(x + offset, y + offset, rows_of(j), C, &mean_c[n * Cp], &scale_c[n * Cp],
-                     &bias_c[n * Cp]);
+      auto* normalize = fusion.act ? k.normalize_act_cl[fusion.act - 1] : k.normalize_cl;
+      normalize(x + offset, y + offset, rows_of(j), C, &mean_c[n * Cp], &scale_c[n * Cp],
+                &bias_c[n * Cp]);
     }
   });
 }
@@ -309,7 +341,7 @@ template <typename scalar_t>
 void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* X, scalar_t* dX,
                    Params<scalar_t, at::opmath_type<scalar_t>> p,
                    const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* rstd,
-                   at::Tensor& dgamma, at::Tensor& dbeta) {
+                   at::Tensor& dgamma, at::Tensor& dbeta, int64_t act) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
@@ -321,30 +353,63 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   std::vector<acc_t> ds(s.N * C), db(s.N * C);
   std::vector<GroupBackwardCoeffs<acc_t>> coeffs(groups);
 
-  auto row_sums = [&](int64_t row) {
-    const int64_t group = (row / C) * G + (row % C) / D;
-    k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
+  // With an activation, dy is the gradient of act(z): the _act leaves recompute z from x and
+  // use g = dy * act'(z) in its place. NB: the sums pass stores g (in acc_t) and the dx pass reads
+  // it back instead of evaluating act' a second time: into dx itself when T is acc_t (float,
+  // double), else (bf16, fp16) into a per-thread buffer of one group, when a task is a group.
+  constexpr bool kExact = std::is_same<T, acc_t>::value;
+  const bool per_group = one_task_per_group(groups);
+  const bool stash_g = act && dx != nullptr && (kExact || per_group);
+  // g of row `row` (only when stash_g): dx itself, or row d of the calling thread's group buffer
+  auto g_row = [&](int64_t row, acc_t* group_buf) -> acc_t* {
+    if constexpr (kExact) {
+      return reinterpret_cast<acc_t*>(dx) + row * HxW;
+    } else {
+      return group_buf + (row % C) % D * HxW;
+    }
   };
-  auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end) {
+  auto row_sums = [&](int64_t row, acc_t* group_buf) {
+    const int64_t group = (row / C) * G + (row % C) / D;
+    if (act) {
+      k.grad_sums_act[act - 1](dy + row * HxW, x + row * HxW, HxW, mean[group],
+                               rstd[group] * p.weight(row % C), p.bias(row % C), &ds[row],
+                               &db[row], stash_g ? g_row(row, group_buf) : nullptr);
+    } else {
+      k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
+    }
+  };
+  auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end, acc_t* group_buf) {
     const int64_t group = (row / C) * G + (row % C) / D;
     const GroupBackwardCoeffs<acc_t> q = coeffs[group];
-    k.grad_input(dy + row * HxW + begin, x + row * HxW + begin, dx + row * HxW + begin,
-                 end - begin, rstd[group] * p.weight(row % C), mean[group], rstd[group],
-                 q.xhat_coeff, q.bias);
+    if (stash_g) {
+      k.grad_input_from_g(g_row(row, group_buf) + begin, x + row * HxW + begin,
+                          dx + row * HxW + begin, end - begin, rstd[group] * p.weight(row % C),
+                          mean[group], rstd[group], q.xhat_coeff, q.bias);
+    } else if (act) {
+      k.grad_input_act[act - 1](dy + row * HxW + begin, x + row * HxW + begin,
+                                dx + row * HxW + begin, end - begin,
+                                rstd[group] * p.weight(row % C), mean[group], rstd[group],
+                                q.xhat_coeff, q.bias, p.bias(row % C));
+    } else {
+      k.grad_input(dy + row * HxW + begin, x + row * HxW + begin, dx + row * HxW + begin,
+                   end - begin, rstd[group] * p.weight(row % C), mean[group], rstd[group],
+                   q.xhat_coeff, q.bias);
+    }
   };
 
-  if (one_task_per_group(groups)) {
+  if (per_group) {
     // dy and x of a group stay in cache between the sums and dx.
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> group_buf(stash_g && !kExact ? D * HxW : 0);
       for (int64_t group = begin; group < end; ++group) {
         const int64_t first_row = (group / G) * C + (group % G) * D;
         for (int64_t d = 0; d < D; ++d) {
-          row_sums(first_row + d);
+          row_sums(first_row + d, group_buf.data());
         }
         coeffs[group] = group_coeffs(s, p, ds.data(), db.data(), rstd, group);
         if (dx != nullptr) {
           for (int64_t d = 0; d < D; ++d) {
-            grad_input_row(first_row + d, 0, HxW);
+            grad_input_row(first_row + d, 0, HxW, group_buf.data());
           }
         }
       }
@@ -352,7 +417,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   } else {
     at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        row_sums(row);
+        row_sums(row, nullptr);
       }
     });
     for (int64_t group = 0; group < groups; ++group) {
@@ -363,7 +428,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
       at::parallel_for(0, s.N * C * row_blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = (t % row_blocks) * kChunkElems;
-          grad_input_row(t / row_blocks, b, std::min(HxW, b + kChunkElems));
+          grad_input_row(t / row_blocks, b, std::min(HxW, b + kChunkElems), nullptr);
         }
       });
     }
@@ -376,7 +441,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
                             scalar_t* dX, Params<scalar_t, at::opmath_type<scalar_t>> p,
                             const at::opmath_type<scalar_t>* mean,
                             const at::opmath_type<scalar_t>* rstd, at::Tensor& dgamma,
-                            at::Tensor& dbeta) {
+                            at::Tensor& dbeta, int64_t act) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   const VecKernels<T>& k = cpu::vec_kernels_for<T>();
@@ -396,14 +461,34 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
     mean_c[n * Cp + c] = mean[ng];
     rstd_c[n * Cp + c] = rstd[ng];
   }
+  // With an activation: per channel scale rstd * gamma and bias to recompute z (a_c is also
+  // the dx coefficient of dy).
+  std::vector<acc_t> a_c(s.N * Cp), bias_c(act ? s.N * Cp : 0);
+  for (int64_t nc = 0; nc < s.N * C; ++nc) {
+    const int64_t n = nc / C, c = nc % C, ng = n * G + c / D;
+    a_c[n * Cp + c] = rstd[ng] * p.weight(c);
+    if (act) {
+      bias_c[n * Cp + c] = p.bias(c);
+    }
+  }
+  // As in backward_nchw: g stashed in dx when T is acc_t (no buffer for bf16 / fp16 here: the dx
+  // pass runs after every chunk's sums).
+  const bool stash_g = act && dx != nullptr && std::is_same<T, acc_t>::value;
   // 1. per chunk, per channel: ds and db, laid out [task][ds Cp | db Cp]
   std::vector<acc_t> partial(tasks * 2 * Cp);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * HxW + j * R) * C;
-      k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
-                     &partial[t * 2 * Cp], &partial[t * 2 * Cp + Cp]);
+      if (act) {
+        k.grad_sums_act_cl[act - 1](dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
+                                    &a_c[n * Cp], &bias_c[n * Cp], &partial[t * 2 * Cp],
+                                    &partial[t * 2 * Cp + Cp],
+                                    stash_g ? reinterpret_cast<acc_t*>(dx + offset) : nullptr);
+      } else {
+        k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
+                       &partial[t * 2 * Cp], &partial[t * 2 * Cp + Cp]);
+      }
     }
   });
   // 2. sum the chunks in order
@@ -423,12 +508,11 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   });
   // 3. per channel coefficients, then dx chunk by chunk
   if (dx != nullptr) {
-    std::vector<acc_t> a_c(s.N * Cp), b_c(s.N * Cp), k_c(s.N * Cp);
+    std::vector<acc_t> b_c(s.N * Cp), k_c(s.N * Cp);
     for (int64_t ng = 0; ng < s.N * G; ++ng) {
       const GroupBackwardCoeffs<acc_t> q = group_coeffs(s, p, ds.data(), db.data(), rstd, ng);
       const int64_t padded_first = (ng / G) * Cp + (ng % G) * D;
       for (int64_t d = 0; d < D; ++d) {
-        a_c[padded_first + d] = rstd[ng] * p.weight((ng % G) * D + d);
         b_c[padded_first + d] = q.xhat_coeff;
         k_c[padded_first + d] = q.bias;
       }
@@ -438,8 +522,18 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       for (int64_t t = end - 1; t >= begin; --t) {
         const int64_t n = t / nchunk, j = t % nchunk;
         const int64_t offset = (n * HxW + j * R) * C;
-        k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
-                        &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
+        if (stash_g) {
+          // dx holds g: T is acc_t here
+          k.grad_input_cl(dx + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
+                          &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
+        } else if (act) {
+          k.grad_input_act_cl[act - 1](dy + offset, x + offset, dx + offset, rows_of(j), C,
+                                       &a_c[n * Cp], &mean_c[n * Cp], &rstd_c[n * Cp],
+                                       &b_c[n * Cp], &k_c[n * Cp], &bias_c[n * Cp]);
+        } else {
+          k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
+                          &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
+        }
       }
     });
   }
@@ -455,30 +549,36 @@ const acc_t* data_or_null(const at::Tensor& t) {
 
 void group_norm_forward_cpu_kernel(const GroupNormShape& shape, const at::Tensor& X,
                                    const at::Tensor& gamma, const at::Tensor& beta, double eps,
-                                   at::Tensor& Y, at::Tensor& mean, at::Tensor& rstd) {
+                                   const GroupNormFusion& fusion, at::Tensor& Y, at::Tensor& mean,
+                                   at::Tensor& rstd) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, X.scalar_type(), "group_norm_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), data_or_null<acc_t>(beta)};
         auto run = shape.channels_last ? forward_channels_last<scalar_t> : forward_nchw<scalar_t>;
+        const ForwardFusion<scalar_t> f{
+            fusion.residual.defined() ? fusion.residual.const_data_ptr<scalar_t>() : nullptr,
+            fusion.residual.defined() ? fusion.summed.data_ptr<scalar_t>() : nullptr,
+            fusion.activation};
         run(shape, X.const_data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), p, eps,
-            mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>());
+            mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), f);
       });
 }
 
 void group_norm_backward_cpu_kernel(const GroupNormShape& shape, const at::Tensor& dY,
                                     const at::Tensor& X, const at::Tensor& mean,
                                     const at::Tensor& rstd, const at::Tensor& gamma,
-                                    at::Tensor& dX, at::Tensor& dgamma, at::Tensor& dbeta) {
+                                    const at::Tensor& beta, int64_t activation, at::Tensor& dX,
+                                    at::Tensor& dgamma, at::Tensor& dbeta) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, X.scalar_type(), "group_norm_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), nullptr};
+        const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), data_or_null<acc_t>(beta)};
         auto run =
             shape.channels_last ? backward_channels_last<scalar_t> : backward_nchw<scalar_t>;
         run(shape, dY.const_data_ptr<scalar_t>(), X.const_data_ptr<scalar_t>(),
             dX.defined() ? dX.data_ptr<scalar_t>() : nullptr, p, mean.const_data_ptr<acc_t>(),
-            rstd.const_data_ptr<acc_t>(), dgamma, dbeta);
+            rstd.const_data_ptr<acc_t>(), dgamma, dbeta, activation);
       });
 }
 

@@ -85,6 +85,45 @@ struct VecKernels {
   void (*row_grad_input)(const T* dy, const T* x, const acc_t* gamma, T* dx, int64_t rows,
                          int64_t stride, int64_t n, const acc_t* mean, const acc_t* rstd,
                          const acc_t* b, const acc_t* c, acc_t* dgamma_acc, acc_t* dbeta_acc);
+
+  // ---- DyT (dyt_kernel.cpp): y = w * tanh(alpha * x) + b -----------------------------------
+  // Over n contiguous values with one weight and bias.
+  void (*dyt_forward)(const T* x, T* y, int64_t n, acc_t alpha, acc_t w, acc_t b);
+  // Over a rows x width block of rows `ld` apart, per-column (padded) weights and biases.
+  void (*dyt_forward_cl)(const T* x, T* y, int64_t rows, int64_t width, int64_t ld, acc_t alpha,
+                         const acc_t* w_c, const acc_t* b_c);
+  // dx = dy * w * alpha * (1 - t^2) (skipped when dx is null), t = tanh(alpha * x);
+  // sum_dyt = sum dy * t, sum_dy = sum dy, dalpha = sum dy * w * x * (1 - t^2).
+  void (*dyt_backward)(const T* dy, const T* x, T* dx, int64_t n, acc_t alpha, acc_t w,
+                       acc_t* sum_dyt, acc_t* sum_dy, acc_t* dalpha);
+  // The same over a rows x width block; per-column sums (overwritten, padded) and one dalpha.
+  void (*dyt_backward_cl)(const T* dy, const T* x, T* dx, int64_t rows, int64_t width,
+                          int64_t ld, acc_t alpha, const acc_t* w_c, acc_t* sum_dyt_c,
+                          acc_t* sum_dy_c, acc_t* dalpha);
+
+  // ---- fused GroupNorm activations (index = activation - 1: silu, gelu, gelu_tanh, relu) ----
+  // y = act((x - mean) * scale + bias), as normalize / normalize_cl.
+  void (*normalize_act[4])(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
+  void (*normalize_act_cl[4])(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
+                              const acc_t* scale_c, const acc_t* bias_c);
+  // As grad_sums / grad_input with dy replaced by g = dy * act'(z), z = (x - mean) * scale + bias
+  // recomputed from x (in grad_input_act, scale is a: z = (x - mean) * a + bias). The sums also
+  // store g into g_out (acc_t) unless it is null, for grad_input_from_g.
+  void (*grad_sums_act[4])(const T* dy, const T* x, int64_t n, acc_t mean, acc_t scale,
+                           acc_t bias, acc_t* ds, acc_t* db, acc_t* g_out);
+  void (*grad_input_act[4])(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
+                            acc_t rstd, acc_t b, acc_t c, acc_t bias);
+  void (*grad_sums_act_cl[4])(const T* dy, const T* x, int64_t rows, int64_t C,
+                              const acc_t* mean_c, const acc_t* scale_c, const acc_t* bias_c,
+                              acc_t* ds_c, acc_t* db_c, acc_t* g_out);
+  void (*grad_input_act_cl[4])(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
+                               const acc_t* a_c, const acc_t* mean_c, const acc_t* rstd_c,
+                               const acc_t* b_c, const acc_t* c_c, const acc_t* bias_c);
+  // s = x + r rounded to T over n contiguous values (add_group_norm's residual add).
+  void (*add_values)(const T* x, const T* r, T* s, int64_t n);
+  // grad_input with g (the gradient at the GroupNorm output) from an acc_t buffer.
+  void (*grad_input_from_g)(const acc_t* g, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
+                            acc_t rstd, acc_t b, acc_t c);
 };
 
 struct VecKernelTable {

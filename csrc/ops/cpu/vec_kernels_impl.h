@@ -9,6 +9,7 @@
 // vectorize _Float16 casts) and branch-free integer code otherwise.
 #pragma once
 
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -779,13 +780,530 @@ void row_grad_input(const T* dy, const T* x, const acc_type<T>* gamma, T* dx, in
   }
 }
 
+// =============================================================================================
+// DyT and fused GroupNorm activations (dyt_kernel.cpp, group_norm_kernel.cpp)
+//
+// fp32 lanes get vectorized transcendentals accurate to about 1 ulp (measured against libm in
+// double by tests/test_dyt.py and tests/test_group_norm_fused.py); fp64 lanes call libm per lane
+// (double inputs are for checking, not for speed).
+
+inline vfloat vabs(vfloat v) {
+  return as_float(as_bits(v) & 0x7fffffffu);
+}
+inline vfloat vcopysign(vfloat magnitude, vfloat sign) {
+  return as_float((as_bits(magnitude) & 0x7fffffffu) | (as_bits(sign) & 0x80000000u));
+}
+
+// exp(y) for fp32 lanes: y = k ln2 + r with |r| <= ln2 / 2 (Cody-Waite split of ln2, exact
+// products), exp(r) by its degree-7 Taylor polynomial (truncation below 1e-8), then 2^k applied as
+// two factors so k in [-150, 128] needs no special case: overflow gives inf and underflow 0 or a
+// subnormal through ordinary rounding. NaN stays NaN.
+inline vfloat vexp(vfloat y) {
+#if NORMEXT_VEC_ISA >= 2
+  // NB: AVX-512 rounds and scales by 2^k in one instruction each (vrndscaleps, vscalefps, which
+  // also turns k = 128 into inf and k < -126 into subnormals or 0); min/max return their second
+  // operand when one is NaN, so NaN passes through the clamp and the whole computation.
+  const __m512 yc = _mm512_min_ps(_mm512_set1_ps(89.0f),
+                                  _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)y));
+  const vfloat kf = (vfloat)_mm512_roundscale_ps(
+      _mm512_mul_ps(yc, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vfloat r = ((vfloat)yc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+#else
+  vfloat yc = y > 89.0f ? vfloat{} + 89.0f : y;
+  yc = yc < -104.0f ? vfloat{} - 104.0f : yc;
+  const vfloat magic = vfloat{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vfloat kf = (yc * 1.44269504088896341f + magic) - magic;
+  const vfloat r = (yc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+#endif
+  vfloat p = vfloat{} + (1.0f / 5040.0f);
+  p = p * r + (1.0f / 720.0f);
+  p = p * r + (1.0f / 120.0f);
+  p = p * r + (1.0f / 24.0f);
+  p = p * r + (1.0f / 6.0f);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+#if NORMEXT_VEC_ISA >= 2
+  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)kf);
+#else
+  const vint32 k = __builtin_convertvector(kf, vint32);
+  const vint32 k1 = k >> 1;
+  const vint32 k2 = k - k1;
+  const vfloat scale1 = as_float((vu32)((k1 + 127) << 23));
+  const vfloat scale2 = as_float((vu32)((k2 + 127) << 23));
+  const vfloat result = (p * scale1) * scale2;
+  return y != y ? y : result;
+#endif
+}
+
+// tanh(x) and, when sech2 is not null, 1 - tanh(x)^2, for fp32 lanes.
+// |x| < 0.625: x + x^3 P(x^2), P a degree-5 minimax fit (relative error below 1e-9).
+// Otherwise 1 - q with q = 2 / (exp(2|x|) + 1); max error 1.05 ulp (torch's Sleef tanh: 0.57); 1 - tanh^2 = q (2 - q) has no cancellation, so
+// the backward keeps full relative precision where tanh saturates (1 - t*t would lose it).
+inline vfloat vtanh(vfloat x, vfloat* sech2) {
+  const vfloat a = vabs(x);
+  const vfloat s = a * a;
+  vfloat p = vfloat{} + 0.0021649037953466177f;
+  p = p * s - 0.00820193998515606f;
+  p = p * s + 0.02171095460653305f;
+  p = p * s - 0.053948722779750824f;
+  p = p * s + 0.13333222270011902f;
+  p = p * s - 0.3333333134651184f;
+  const vfloat small = a + (a * s) * p;
+  const vfloat two_a = a + a;
+  // NB: clamped below exp's overflow (e = inf would make the correction below NaN); beyond it
+  // tanh is 1 and q (2 - q) = 1 - tanh^2 underflows to 0 as it should.
+  const vfloat e = vexp(two_a < 88.0f ? two_a : vfloat{} + 88.0f);
+  // NB: q from the exactly known e + 1 = D + err (Fast2Sum, e >= 1): q = 2 / D * (1 - err / D).
+  // Without the correction the rounding of e + 1 costs up to 1.4 ulp of tanh near |x| = 0.625.
+  const vfloat D = e + 1.0f;
+  const vfloat err = 1.0f - (D - e);
+  const vfloat q0 = 2.0f / D;
+  const vfloat q = q0 - q0 * (err * (q0 * 0.5f));
+  const auto is_small = a < 0.625f;
+  const vfloat t = is_small ? small : 1.0f - q;
+  if (sech2 != nullptr) {
+    const vfloat d = is_small ? 1.0f - small * small : q * (2.0f - q);
+    *sech2 = x != x ? x : d;
+  }
+  return x != x ? x : vcopysign(t, x);
+}
+
+// erf for fp32 lanes, about 1 ulp (N. Juffa's minimax fits: x P(x^2) below 0.9277, else
+// 1 - exp(-|x| Q(|x|)) with the sign of x).
+inline vfloat verf(vfloat x) {
+  const vfloat t = vabs(x);
+  const vfloat s = x * x;
+  vfloat r = -1.72853470e-5f * t + 3.83197126e-4f;
+  const vfloat u = -3.88396438e-3f * t + 2.42546219e-2f;
+  r = r * s + u;
+  r = r * t - 1.06777877e-1f;
+  r = r * t - 6.34846687e-1f;
+  r = r * t - 1.28717512e-1f;
+  r = r * t - t;
+  const vfloat big = vcopysign(1.0f - vexp(r), x);
+  vfloat p = vfloat{} - 5.96761703e-4f;
+  p = p * s + 4.99119423e-3f;
+  p = p * s - 2.67681349e-2f;
+  p = p * s + 1.12819925e-1f;
+  p = p * s - 3.76125336e-1f;
+  p = p * s + 1.28379166e-1f;
+  const vfloat small = p * x + x;
+  return t > 0.927734375f ? big : small;
+}
+
+inline vdouble vtanh(vdouble x, vdouble* sech2) {
+  vdouble t;
+  for (int i = 0; i < Vec<double>::size; ++i) {
+    t[i] = std::tanh(x[i]);
+    if (sech2 != nullptr) {
+      const double c = std::cosh(x[i]);
+      (*sech2)[i] = 1.0 / (c * c);
+    }
+  }
+  return t;
+}
+
+// Activations of the fused GroupNorm, with torch's definitions: silu(z) = z / (1 + exp(-z)),
+// gelu(z) = z / 2 (1 + erf(z / sqrt 2)), gelu_tanh(z) = z / 2 (1 + tanh(u)), u = sqrt(2 / pi)
+// (z + 0.044715 z^3), computed as z sigmoid(2u) (the same function without the cancellation of
+// 1 + tanh(u) for negative u), relu(z) = max(z, 0) with NaN kept. grad() is the derivative.
+// Indices match the op's `activation` argument minus one (0 is no activation).
+enum ActivationKind { kSilu = 0, kGelu = 1, kGeluTanh = 2, kRelu = 3 };
+
+constexpr float kSqrtHalf = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kSqrt2OverPi = 0.79788456080286536f;
+constexpr float kGeluTanhCubic = 0.044715f;
+
+// s = sigmoid(y) = 1 / (1 + e), e = exp(-y), and 1 - s = e s without cancellation where s > 1/2.
+inline vfloat sigmoid_and_complement(vfloat e, vfloat* one_minus) {
+  const vfloat s = 1.0f / (1.0f + e);
+  *one_minus = e < 1.0f ? e * s : 1.0f - s;
+  return s;
+}
+
+template <int kAct>
+struct Activation;
+
+template <>
+struct Activation<kSilu> {
+  static vfloat apply(vfloat z) { return z / (1.0f + vexp(-z)); }
+  static vfloat grad(vfloat z) {
+    vfloat one_minus_s;
+    const vfloat s = sigmoid_and_complement(vexp(-z), &one_minus_s);
+    return s * (1.0f + z * one_minus_s);
+  }
+  static double apply(double z) { return z / (1.0 + std::exp(-z)); }
+  static double grad(double z) {
+    const double s = 1.0 / (1.0 + std::exp(-z));
+    return s * (1.0 + z * (1.0 - s));
+  }
+};
+
+template <>
+struct Activation<kGelu> {
+  static vfloat apply(vfloat z) { return 0.5f * z * (1.0f + verf(z * kSqrtHalf)); }
+  static vfloat grad(vfloat z) {
+    return 0.5f * (1.0f + verf(z * kSqrtHalf)) + z * vexp(-0.5f * z * z) * kInvSqrt2Pi;
+  }
+  static double apply(double z) { return 0.5 * z * (1.0 + std::erf(z * M_SQRT1_2)); }
+  static double grad(double z) {
+    return 0.5 * (1.0 + std::erf(z * M_SQRT1_2)) + z * std::exp(-0.5 * z * z) * 0.5 * M_2_SQRTPI * M_SQRT1_2;
+  }
+};
+
+template <>
+struct Activation<kGeluTanh> {
+  static vfloat apply(vfloat z) {
+    const vfloat u = kSqrt2OverPi * (z + kGeluTanhCubic * z * z * z);
+    return z / (1.0f + vexp(-2.0f * u));
+  }
+  static vfloat grad(vfloat z) {
+    const vfloat z2 = z * z;
+    const vfloat u = kSqrt2OverPi * (z + kGeluTanhCubic * z2 * z);
+    vfloat one_minus_s;
+    const vfloat s = sigmoid_and_complement(vexp(-2.0f * u), &one_minus_s);
+    return s + 2.0f * z * s * one_minus_s * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhCubic * z2);
+  }
+  static double apply(double z) {
+    const double u = 0.5 * M_2_SQRTPI * M_SQRT2 * (z + 0.044715 * z * z * z);
+    return z / (1.0 + std::exp(-2.0 * u));
+  }
+  static double grad(double z) {
+    const double k0 = 0.5 * M_2_SQRTPI * M_SQRT2;
+    const double u = k0 * (z + 0.044715 * z * z * z);
+    const double s = 1.0 / (1.0 + std::exp(-2.0 * u));
+    return s + 2.0 * z * s * (1.0 - s) * k0 * (1.0 + 3.0 * 0.044715 * z * z);
+  }
+};
+
+template <>
+struct Activation<kRelu> {
+  static vfloat apply(vfloat z) { return z > 0.0f ? z : (z != z ? z : vfloat{}); }
+  static vfloat grad(vfloat z) { return z > 0.0f ? vfloat{} + 1.0f : vfloat{}; }
+  static double apply(double z) { return z > 0.0 ? z : (z != z ? z : 0.0); }
+  static double grad(double z) { return z > 0.0 ? 1.0 : 0.0; }
+};
+
+template <int kAct>
+inline vdouble act_apply(vdouble z) {
+  for (int i = 0; i < Vec<double>::size; ++i) {
+    z[i] = Activation<kAct>::apply(static_cast<double>(z[i]));
+  }
+  return z;
+}
+template <int kAct>
+inline vfloat act_apply(vfloat z) {
+  return Activation<kAct>::apply(z);
+}
+template <int kAct>
+inline vdouble act_grad(vdouble z) {
+  for (int i = 0; i < Vec<double>::size; ++i) {
+    z[i] = Activation<kAct>::grad(static_cast<double>(z[i]));
+  }
+  return z;
+}
+template <int kAct>
+inline vfloat act_grad(vfloat z) {
+  return Activation<kAct>::grad(z);
+}
+
+// ---- DyT leaves ---------------------------------------------------------------------------------
+
+template <typename T>
+void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> alpha, acc_type<T> w, acc_type<T> b) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> valpha = splat<T>(alpha), vw = splat<T>(w), vb = splat<T>(b);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    Io<T>::store(y + i, vtanh(Io<T>::load(x + i) * valpha, nullptr) * vw + vb);
+  }
+  if (i < n) {
+    store_n(y + i, vtanh(load_n(x + i, n - i) * valpha, nullptr) * vw + vb, n - i);
+  }
+}
+
+template <typename T>
+void dyt_forward_cl(const T* x, T* y, int64_t rows, int64_t width, int64_t ld,
+                    acc_type<T> alpha, const acc_type<T>* w_c, const acc_type<T>* b_c) {
+  const vacc<T> valpha = splat<T>(alpha);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * ld;
+    T* yr = y + r * ld;
+    for_channel_blocks<T>(width, [&](int64_t c, auto full) {
+      const vacc<T> t = vtanh(load_x(xr, c, width, full) * valpha, nullptr);
+      store_x(yr, t * load_acc(w_c, c) + load_acc(b_c, c), c, width, full);
+    });
+  }
+}
+
+// Padded lanes load x = dy = 0 and so add nothing to any sum.
+template <typename T>
+void dyt_backward(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> alpha, acc_type<T> w,
+                  acc_type<T>* sum_dyt, acc_type<T>* sum_dy, acc_type<T>* dalpha) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> valpha = splat<T>(alpha), vw = splat<T>(w);
+  vacc<T> s_dyt{}, s_dy{}, s_da{};
+  // NB: the vector sums are flushed into double every kFlush steps: one fp32 accumulator per lane
+  // over a whole block would cost dalpha (a sum over the entire tensor) ~1e-6 relative.
+  constexpr int kFlush = 16;
+  double t_dyt = 0, t_dy = 0, t_da = 0;
+  int pending = 0;
+  auto flush = [&] {
+    t_dyt += reduce_lanes(s_dyt);
+    t_dy += reduce_lanes(s_dy);
+    t_da += reduce_lanes(s_da);
+    s_dyt = s_dy = s_da = vacc<T>{};
+    pending = 0;
+  };
+  auto step = [&](vacc<T> g, vacc<T> xv) {
+    if (++pending == kFlush) {
+      flush();
+    }
+    vacc<T> sech2;
+    const vacc<T> t = vtanh(xv * valpha, &sech2);
+    s_dyt += g * t;
+    s_dy += g;
+    const vacc<T> gu = g * vw * sech2;  // gradient at u = alpha * x
+    s_da += gu * xv;
+    return gu * valpha;
+  };
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> d = step(Io<T>::load(dy + i), Io<T>::load(x + i));
+    if (dx != nullptr) {
+      Io<T>::store(dx + i, d);
+    }
+  }
+  if (i < n) {
+    const vacc<T> d = step(load_n(dy + i, n - i), load_n(x + i, n - i));
+    if (dx != nullptr) {
+      store_n(dx + i, d, n - i);
+    }
+  }
+  flush();
+  *sum_dyt = static_cast<acc_type<T>>(t_dyt);
+  *sum_dy = static_cast<acc_type<T>>(t_dy);
+  *dalpha = static_cast<acc_type<T>>(t_da);
+}
+
+template <typename T>
+void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t width, int64_t ld,
+                     acc_type<T> alpha, const acc_type<T>* w_c, acc_type<T>* sum_dyt_c,
+                     acc_type<T>* sum_dy_c, acc_type<T>* dalpha) {
+  std::memset(sum_dyt_c, 0, padded_channels(width) * sizeof(acc_type<T>));
+  std::memset(sum_dy_c, 0, padded_channels(width) * sizeof(acc_type<T>));
+  const vacc<T> valpha = splat<T>(alpha);
+  vacc<T> s_da{};
+  double t_da = 0;  // flushed into double every row, as in dyt_backward
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r > 0) {
+      t_da += reduce_lanes(s_da);
+      s_da = vacc<T>{};
+    }
+    const T* dyr = dy + r * ld;
+    const T* xr = x + r * ld;
+    for_channel_blocks<T>(width, [&](int64_t c, auto full) {
+      const vacc<T> g = load_x(dyr, c, width, full);
+      const vacc<T> xv = load_x(xr, c, width, full);
+      vacc<T> sech2;
+      const vacc<T> t = vtanh(xv * valpha, &sech2);
+      store_acc(sum_dyt_c, load_acc(sum_dyt_c, c) + g * t, c);
+      store_acc(sum_dy_c, load_acc(sum_dy_c, c) + g, c);
+      const vacc<T> gu = g * load_acc(w_c, c) * sech2;
+      s_da += gu * xv;
+      if (dx != nullptr) {
+        store_x(dx + r * ld, gu * valpha, c, width, full);
+      }
+    });
+  }
+  *dalpha = static_cast<acc_type<T>>(t_da + reduce_lanes(s_da));
+}
+
+// ---- fused GroupNorm activation leaves ---------------------------------------------------------
+// z = (x - mean) * scale + bias exactly as normalize() computes it; the backward recomputes z from
+// x and the statistics and takes g = dy * act'(z) as the gradient of z.
+
+template <int kAct, typename T>
+void normalize_act(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> scale,
+                   acc_type<T> bias) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    Io<T>::store(y + i, act_apply<kAct>((Io<T>::load(x + i) - vmean) * vscale + vbias));
+  }
+  if (i < n) {
+    store_n(y + i, act_apply<kAct>((load_n(x + i, n - i) - vmean) * vscale + vbias), n - i);
+  }
+}
+
+template <int kAct, typename T>
+void normalize_act_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
+                      const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> z = (load_x(xr, c, C, full) - load_acc(mean_c, c)) * load_acc(scale_c, c) +
+                        load_acc(bias_c, c);
+      store_x(yr, act_apply<kAct>(z), c, C, full);
+    });
+  }
+}
+
+template <int kAct, typename T>
+void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T> scale,
+                   acc_type<T> bias, acc_type<T>* ds_out, acc_type<T>* db_out,
+                   acc_type<T>* g_out) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
+  vacc<T> ds{}, db{};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> xc = Io<T>::load(x + i) - vmean;
+    const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * vscale + vbias);
+    if (g_out != nullptr) {
+      Io<acc_type<T>>::store(g_out + i, g);
+    }
+    ds += g * xc;
+    db += g;
+  }
+  if (i < n) {
+    const vacc<T> xc = load_n(x + i, n - i) - vmean;
+    // padded dy lanes are zero; mask_first keeps a non-finite act' of padded lanes out
+    const vacc<T> g = mask_first<acc_type<T>>(
+        load_n(dy + i, n - i) * act_grad<kAct>(xc * vscale + vbias), n - i);
+    if (g_out != nullptr) {
+      store_n(g_out + i, g, n - i);  // acc_type<T> lanes
+    }
+    ds += g * xc;
+    db += g;
+  }
+  *ds_out = reduce_lanes(ds);
+  *db_out = reduce_lanes(db);
+}
+
+template <int kAct, typename T>
+void grad_input_act(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
+                    acc_type<T> rstd, acc_type<T> b, acc_type<T> c, acc_type<T> bias) {
+  constexpr int L = kLanes<T>;
+  const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
+                vb = splat<T>(b), vc = splat<T>(c), vbias = splat<T>(bias);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> xc = Io<T>::load(x + i) - vmean;
+    const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * va + vbias);
+    Io<T>::store(dx + i, va * g + vb * (xc * vrstd) + vc);
+  }
+  if (i < n) {
+    const vacc<T> xc = load_n(x + i, n - i) - vmean;
+    const vacc<T> g = load_n(dy + i, n - i) * act_grad<kAct>(xc * va + vbias);
+    store_n(dx + i, va * g + vb * (xc * vrstd) + vc, n - i);
+  }
+}
+
+template <int kAct, typename T>
+void grad_sums_act_cl(const T* dy, const T* x, int64_t rows, int64_t C,
+                      const acc_type<T>* mean_c, const acc_type<T>* scale_c,
+                      const acc_type<T>* bias_c, acc_type<T>* ds_c, acc_type<T>* db_c,
+                      acc_type<T>* g_out) {
+  std::memset(ds_c, 0, padded_channels(C) * sizeof(acc_type<T>));
+  std::memset(db_c, 0, padded_channels(C) * sizeof(acc_type<T>));
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * C;
+    const T* xr = x + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> xc = load_x(xr, c, C, full) - load_acc(mean_c, c);
+      vacc<T> g = load_x(dyr, c, C, full) *
+                  act_grad<kAct>(xc * load_acc(scale_c, c) + load_acc(bias_c, c));
+      if constexpr (!decltype(full)::value) {
+        g = mask_first<acc_type<T>>(g, C - c);
+      }
+      if (g_out != nullptr) {
+        store_x(g_out + r * C, g, c, C, full);  // acc_type<T> lanes
+      }
+      store_acc(ds_c, load_acc(ds_c, c) + g * xc, c);
+      store_acc(db_c, load_acc(db_c, c) + g, c);
+    });
+  }
+}
+
+template <int kAct, typename T>
+void grad_input_act_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
+                       const acc_type<T>* a_c, const acc_type<T>* mean_c,
+                       const acc_type<T>* rstd_c, const acc_type<T>* b_c,
+                       const acc_type<T>* c_c, const acc_type<T>* bias_c) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * C;
+    const T* xr = x + r * C;
+    T* dxr = dx + r * C;
+    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      const vacc<T> a = load_acc(a_c, c);
+      const vacc<T> xc = load_x(xr, c, C, full) - load_acc(mean_c, c);
+      const vacc<T> g = load_x(dyr, c, C, full) * act_grad<kAct>(xc * a + load_acc(bias_c, c));
+      const vacc<T> v = a * g + load_acc(b_c, c) * (xc * load_acc(rstd_c, c)) + load_acc(c_c, c);
+      store_x(dxr, v, c, C, full);
+    });
+  }
+}
+
+// dx = a * g + b * ((x - mean) * rstd) + c with g (= dy * act'(z)) read from an acc_t buffer.
+template <typename T>
+void grad_input_from_g(const acc_type<T>* g, const T* x, T* dx, int64_t n, acc_type<T> a,
+                       acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
+  using A = acc_type<T>;
+  constexpr int L = kLanes<T>;
+  const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
+                vb = splat<T>(b), vc = splat<T>(c);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
+    Io<T>::store(dx + i, va * Io<A>::load(g + i) + vb * xhat + vc);
+  }
+  if (i < n) {
+    const vacc<T> xhat = (load_n(x + i, n - i) - vmean) * vrstd;
+    store_n(dx + i, va * load_n(g + i, n - i) + vb * xhat + vc, n - i);
+  }
+}
+
+// s = x + r, rounded to T, over n contiguous values (the residual add of add_group_norm).
+template <typename T>
+void add_values(const T* x, const T* r, T* s, int64_t n) {
+  constexpr int L = kLanes<T>;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    Io<T>::store(s + i, Io<T>::load(x + i) + Io<T>::load(r + i));
+  }
+  if (i < n) {
+    store_n(s + i, load_n(x + i, n - i) + load_n(r + i, n - i), n - i);
+  }
+}
+
 template <typename T>
 constexpr VecKernels<T> make_kernels() {
   return {&chunk_stats<T>,  &normalize<T>,  &chunk_stats_cl<T>, &normalize_cl<T>,
           &grad_sums<T>,    &grad_input<T>, &grad_sums_cl<T>,   &grad_input_cl<T>,
           // row norms
           &sum_squares<T>, &add_rows<T>, &normalize_row<T>, &row_grad_sums<T>,
-          &row_grad_input<T>};
+          &row_grad_input<T>,
+          // ---- DyT, fused GroupNorm activations, residual add ----
+          &dyt_forward<T>, &dyt_forward_cl<T>, &dyt_backward<T>, &dyt_backward_cl<T>,
+          {&normalize_act<kSilu, T>, &normalize_act<kGelu, T>, &normalize_act<kGeluTanh, T>,
+           &normalize_act<kRelu, T>},
+          {&normalize_act_cl<kSilu, T>, &normalize_act_cl<kGelu, T>,
+           &normalize_act_cl<kGeluTanh, T>, &normalize_act_cl<kRelu, T>},
+          {&grad_sums_act<kSilu, T>, &grad_sums_act<kGelu, T>, &grad_sums_act<kGeluTanh, T>,
+           &grad_sums_act<kRelu, T>},
+          {&grad_input_act<kSilu, T>, &grad_input_act<kGelu, T>, &grad_input_act<kGeluTanh, T>,
+           &grad_input_act<kRelu, T>},
+          {&grad_sums_act_cl<kSilu, T>, &grad_sums_act_cl<kGelu, T>,
+           &grad_sums_act_cl<kGeluTanh, T>, &grad_sums_act_cl<kRelu, T>},
+          {&grad_input_act_cl<kSilu, T>, &grad_input_act_cl<kGelu, T>,
+           &grad_input_act_cl<kGeluTanh, T>, &grad_input_act_cl<kRelu, T>},
+          &add_values<T>, &grad_input_from_g<T>};
 }
 
 } // namespace

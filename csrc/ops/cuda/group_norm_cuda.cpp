@@ -3,7 +3,11 @@
 // pointers, plans the launch for the current device, allocates the scratch buffers through the
 // caching allocator and enqueues the kernels on the current stream.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -59,9 +63,17 @@ void* mutable_data_or_null(at::Tensor& t) {
 
 void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& X,
                                     const at::Tensor& gamma, const at::Tensor& beta, double eps,
-                                    at::Tensor& Y, at::Tensor& mean, at::Tensor& rstd) {
+                                    const GroupNormFusion& fusion, at::Tensor& Y,
+                                    at::Tensor& mean, at::Tensor& rstd) {
   NORMEXT_RANGE("normext::group_norm_forward_cuda_kernel");
   const c10::cuda::CUDAGuard guard(X.device());
+  // NB: on CUDA the residual add is its own elementwise pass (summed is written, then normalized
+  // like any input); the activation is fused into the apply kernel.
+  const at::Tensor& src = fusion.residual.defined() ? fusion.summed : X;
+  if (fusion.residual.defined()) {
+    at::Tensor summed = fusion.summed;  // a handle to the same storage
+    at::add_out(summed, X, fusion.residual);
+  }
   const cuda::GroupNormPlan plan = plan_for(shape, X);
   const auto acc_options = X.options().dtype(mean.scalar_type());
   // Scratch through the caching allocator: no cudaMalloc per call, stream-ordered reuse.
@@ -70,7 +82,7 @@ void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tenso
                 X.options().dtype(at::kByte));
   at::Tensor channel_coeffs = at::empty({3 * shape.N * shape.C}, acc_options);
   cuda::ForwardArgs args{};
-  args.x = X.const_data_ptr();
+  args.x = src.const_data_ptr();
   args.y = Y.mutable_data_ptr();
   args.gamma = data_or_null(gamma);
   args.beta = data_or_null(beta);
@@ -79,6 +91,7 @@ void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tenso
   args.stat_partials = stat_partials.mutable_data_ptr();
   args.channel_coeffs = channel_coeffs.mutable_data_ptr();
   args.eps = eps;
+  args.activation = static_cast<int>(fusion.activation);
   C10_CUDA_CHECK(cuda::launch_group_norm_forward(plan, scalar_kind_of(X), args,
                                                  c10::cuda::getCurrentCUDAStream().stream()));
 }
@@ -86,17 +99,41 @@ void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tenso
 void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& dY,
                                      const at::Tensor& X, const at::Tensor& mean,
                                      const at::Tensor& rstd, const at::Tensor& gamma,
+                                     const at::Tensor& beta, int64_t activation,
                                      at::Tensor& dX, at::Tensor& dgamma, at::Tensor& dbeta) {
   NORMEXT_RANGE("normext::group_norm_backward_cuda_kernel");
   const c10::cuda::CUDAGuard guard(X.device());
   const cuda::GroupNormPlan plan = plan_for(shape, X);
+  // With an activation, dY is the gradient of act(z): one elementwise pass recomputes z from X
+  // and the statistics and turns dY into g = dY * act'(z), which the GroupNorm backward takes.
+  at::Tensor G;
+  if (activation != 0) {
+    const int64_t D = shape.C / shape.G;
+    const at::Tensor mean_c = mean.reshape({shape.N, shape.G, 1}).expand({shape.N, shape.G, D})
+                                  .reshape({shape.N, shape.C});
+    at::Tensor scale_c = rstd.reshape({shape.N, shape.G, 1}).expand({shape.N, shape.G, D})
+                             .reshape({shape.N, shape.C});
+    if (gamma.defined()) {
+      scale_c = scale_c.mul(gamma.reshape({1, shape.C}));
+    }
+    const at::Tensor bias_c = beta.defined() ? beta.reshape({1, shape.C}).expand({shape.N, shape.C})
+                                             : at::zeros_like(mean_c);
+    const at::Tensor coeffs = at::cat({mean_c.reshape({-1}), scale_c.reshape({-1}),
+                                       bias_c.reshape({-1})}).contiguous();
+    G = at::empty_like(dY);
+    cuda::ActGradArgs act_args{dY.const_data_ptr(), X.const_data_ptr(), coeffs.const_data_ptr(),
+                               G.mutable_data_ptr(), static_cast<int>(activation)};
+    C10_CUDA_CHECK(cuda::launch_group_norm_act_grad(plan, scalar_kind_of(X), act_args,
+                                                    c10::cuda::getCurrentCUDAStream().stream()));
+  }
+  const at::Tensor& grad = activation != 0 ? G : dY;
   const auto acc_options = X.options().dtype(mean.scalar_type());
   const int64_t NC = shape.N * shape.C;
   at::Tensor sum_partials = at::empty({2 * plan.sum_partials}, acc_options);
   at::Tensor channel_sums = at::empty({2 * NC}, acc_options);
   at::Tensor dx_coeffs = dX.defined() ? at::empty({5 * NC}, acc_options) : at::Tensor();
   cuda::BackwardArgs args{};
-  args.dy = dY.const_data_ptr();
+  args.dy = grad.const_data_ptr();
   args.x = X.const_data_ptr();
   args.mean = mean.const_data_ptr();
   args.rstd = rstd.const_data_ptr();
@@ -116,6 +153,8 @@ void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tens
 TORCH_LIBRARY_IMPL(normext, CUDA, m) {
   m.impl("group_norm_forward", &group_norm_forward_on<group_norm_forward_cuda_kernel>);
   m.impl("group_norm_backward", &group_norm_backward_on<group_norm_backward_cuda_kernel>);
+  m.impl("add_group_norm_forward", &add_group_norm_forward_on<group_norm_forward_cuda_kernel>);
+  m.impl("group_norm_inplace", &group_norm_inplace_on<group_norm_forward_cuda_kernel>);
 }
 
 } // namespace normext

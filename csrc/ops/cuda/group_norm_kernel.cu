@@ -487,6 +487,78 @@ __global__ void __launch_bounds__(kBlockThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fused activations (issue 5), torch's definitions: silu(z) = z / (1 + exp(-z)),
+// gelu(z) = z / 2 (1 + erf(z / sqrt 2)), gelu_tanh(z) = z sigmoid(2u) with
+// u = sqrt(2 / pi) (z + 0.044715 z^3) (= z / 2 (1 + tanh u) without its cancellation),
+// relu(z) = max(z, 0) keeping NaN. act: 1 silu, 2 gelu, 3 gelu_tanh, 4 relu (0: identity).
+
+__device__ __forceinline__ float dev_exp(float v) {
+  return expf(v);
+}
+__device__ __forceinline__ double dev_exp(double v) {
+  return exp(v);
+}
+__device__ __forceinline__ float dev_erf(float v) {
+  return erff(v);
+}
+__device__ __forceinline__ double dev_erf(double v) {
+  return erf(v);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t gelu_tanh_arg(acc_t z) {
+  return acc_t(0.79788456080286536) * (z + acc_t(0.044715) * z * z * z);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t activate(acc_t z, int act) {
+  switch (act) {
+    case 1:
+      return z / (acc_t(1) + dev_exp(-z));
+    case 2:
+      return acc_t(0.5) * z * (acc_t(1) + dev_erf(z * acc_t(0.70710678118654752)));
+    case 3:
+      return z / (acc_t(1) + dev_exp(acc_t(-2) * gelu_tanh_arg(z)));
+    case 4:
+      return z > acc_t(0) ? z : (z != z ? z : acc_t(0));
+    default:
+      return z;
+  }
+}
+
+// s = sigmoid(y) from e = exp(-y), with 1 - s = e s where that avoids cancellation.
+template <typename acc_t>
+__device__ __forceinline__ acc_t sigmoid_of(acc_t e, acc_t* one_minus) {
+  const acc_t s = acc_t(1) / (acc_t(1) + e);
+  *one_minus = e < acc_t(1) ? e * s : acc_t(1) - s;
+  return s;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t activation_grad(acc_t z, int act) {
+  switch (act) {
+    case 1: {
+      acc_t one_minus;
+      const acc_t s = sigmoid_of(dev_exp(-z), &one_minus);
+      return s * (acc_t(1) + z * one_minus);
+    }
+    case 2:
+      return acc_t(0.5) * (acc_t(1) + dev_erf(z * acc_t(0.70710678118654752))) +
+             z * dev_exp(acc_t(-0.5) * z * z) * acc_t(0.39894228040143268);
+    case 3: {
+      acc_t one_minus;
+      const acc_t s = sigmoid_of(dev_exp(acc_t(-2) * gelu_tanh_arg(z)), &one_minus);
+      return s + acc_t(2) * z * s * one_minus * acc_t(0.79788456080286536) *
+                     (acc_t(1) + acc_t(3 * 0.044715) * z * z);
+    }
+    case 4:
+      return z > acc_t(0) ? acc_t(1) : acc_t(0);
+    default:
+      return acc_t(1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Elementwise apply (y or dx)
 
 // y = (x - mean) * scale + bias with per-(n, c) coefficients.
@@ -498,6 +570,7 @@ struct ForwardApply {
   T* __restrict__ y;
   const acc_t* __restrict__ coeffs;  // [mean | scale | bias], NC each
   int64_t NC;
+  int act;  // fused activation (0: none)
 
   struct Coef {
     acc_t mean, scale, bias;
@@ -507,8 +580,12 @@ struct ForwardApply {
   }
   __device__ __forceinline__ bool vectorizable() const { return same_alignment(x, y); }
   __device__ __forceinline__ const T* span() const { return x; }
+  __device__ __forceinline__ acc_t compute(acc_t v, const Coef& q) const {
+    const acc_t z = (v - q.mean) * q.scale + q.bias;
+    return act != 0 ? activate(z, act) : z;
+  }
   __device__ __forceinline__ void scalar(int64_t i, const Coef& q) const {
-    y[i] = from_acc<T>((to_acc(x[i]) - q.mean) * q.scale + q.bias);
+    y[i] = from_acc<T>(compute(to_acc(x[i]), q));
   }
   template <typename CoefOf>
   __device__ __forceinline__ void vector(int64_t i, CoefOf coef_of) const {
@@ -516,10 +593,50 @@ struct ForwardApply {
     Pack<T> out;
 #pragma unroll
     for (int e = 0; e < kVec<T>; ++e) {
-      const Coef q = coef_of(e);
-      out.v[e] = from_acc<T>((to_acc(in.v[e]) - q.mean) * q.scale + q.bias);
+      out.v[e] = from_acc<T>(compute(to_acc(in.v[e]), coef_of(e)));
     }
     store_pack(y + i, out);
+  }
+};
+
+// g = dy * act'((x - mean) * scale + bias) with per-(n, c) coefficients.
+template <typename T>
+struct ActGradApply {
+  using scalar_t = T;
+  using acc_t = acc_type<T>;
+  const T* __restrict__ dy;
+  const T* __restrict__ x;
+  T* __restrict__ g;
+  const acc_t* __restrict__ coeffs;  // [mean | scale | bias], NC each
+  int64_t NC;
+  int act;
+
+  struct Coef {
+    acc_t mean, scale, bias;
+  };
+  __device__ __forceinline__ Coef coef(int64_t nc) const {
+    return {coeffs[nc], coeffs[NC + nc], coeffs[2 * NC + nc]};
+  }
+  __device__ __forceinline__ bool vectorizable() const {
+    return same_alignment(dy, x) && same_alignment(x, g);
+  }
+  __device__ __forceinline__ const T* span() const { return x; }
+  __device__ __forceinline__ acc_t compute(acc_t d, acc_t v, const Coef& q) const {
+    return d * activation_grad((v - q.mean) * q.scale + q.bias, act);
+  }
+  __device__ __forceinline__ void scalar(int64_t i, const Coef& q) const {
+    g[i] = from_acc<T>(compute(to_acc(dy[i]), to_acc(x[i]), q));
+  }
+  template <typename CoefOf>
+  __device__ __forceinline__ void vector(int64_t i, CoefOf coef_of) const {
+    const Pack<T> gp = load_pack(dy + i);
+    const Pack<T> xp = load_pack(x + i);
+    Pack<T> out;
+#pragma unroll
+    for (int e = 0; e < kVec<T>; ++e) {
+      out.v[e] = from_acc<T>(compute(to_acc(gp.v[e]), to_acc(xp.v[e]), coef_of(e)));
+    }
+    store_pack(g + i, out);
   }
 };
 
@@ -741,7 +858,7 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
       plan, partials, x, static_cast<const acc_t*>(a.gamma), static_cast<const acc_t*>(a.beta),
       a.eps, static_cast<acc_t*>(a.mean), static_cast<acc_t*>(a.rstd), coeffs);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
-  const ForwardApply<T> op{x, static_cast<T*>(a.y), coeffs, plan.N * plan.C};
+  const ForwardApply<T> op{x, static_cast<T*>(a.y), coeffs, plan.N * plan.C, a.activation};
   if (plan.channels_last) {
     apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
                                                                                plan.C);
@@ -804,9 +921,41 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
   return cudaSuccess;
 }
 
+template <typename T>
+cudaError_t act_grad(const GroupNormPlan& plan, const ActGradArgs& a, cudaStream_t stream) {
+  using acc_t = acc_type<T>;
+  const ActGradApply<T> op{static_cast<const T*>(a.dy), static_cast<const T*>(a.x),
+                           static_cast<T*>(a.g), static_cast<const acc_t*>(a.coeffs),
+                           plan.N * plan.C, a.activation};
+  if (plan.channels_last) {
+    apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
+                                                                               plan.C);
+  } else {
+    apply_kernel<false><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
+                                                                                plan.C);
+  }
+  NORMEXT_RETURN_IF_LAUNCH_FAILED();
+  return cudaSuccess;
+}
+
 #undef NORMEXT_RETURN_IF_LAUNCH_FAILED
 
 } // namespace
+
+cudaError_t launch_group_norm_act_grad(const GroupNormPlan& plan, ScalarKind kind,
+                                       const ActGradArgs& args, cudaStream_t stream) {
+  switch (kind) {
+    case ScalarKind::Float:
+      return act_grad<float>(plan, args, stream);
+    case ScalarKind::Double:
+      return act_grad<double>(plan, args, stream);
+    case ScalarKind::Half:
+      return act_grad<__half>(plan, args, stream);
+    case ScalarKind::BFloat16:
+      return act_grad<__nv_bfloat16>(plan, args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
 
 cudaError_t launch_group_norm_forward(const GroupNormPlan& plan, ScalarKind kind,
                                       const ForwardArgs& args, cudaStream_t stream) {

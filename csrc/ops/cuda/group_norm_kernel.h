@@ -29,6 +29,7 @@ struct ForwardArgs {
   void* stat_partials; // plan.stat_partials * kStatPartialBytes bytes of scratch
   void* channel_coeffs;  // acc_t[3 * N * C] of scratch: per (n, c) mean, scale, bias
   double eps;
+  int activation;  // applied to y: 0 none, 1 silu, 2 gelu, 3 gelu_tanh, 4 relu
 };
 
 // Pointers of one backward call.
@@ -48,6 +49,20 @@ struct BackwardArgs {
 
 // Enqueue the forward (backward) kernels of `plan` on `stream`. Returns the first launch error,
 // or cudaSuccess; nothing is synchronized.
+// Fused activation backward: g = dy * act'(z), z = (x - mean_c) * scale_c + bias_c recomputed
+// from x with per-(n, c) coefficients (layout of ForwardArgs::channel_coeffs); g (the layout of
+// x) then goes through launch_group_norm_backward in place of dy.
+struct ActGradArgs {
+  const void* dy;
+  const void* x;
+  const void* coeffs;  // acc_t[3 * N * C]: mean | scale | bias per (n, c)
+  void* g;
+  int activation;
+};
+
+cudaError_t launch_group_norm_act_grad(const GroupNormPlan& plan, ScalarKind kind,
+                                       const ActGradArgs& args, cudaStream_t stream);
+
 cudaError_t launch_group_norm_forward(const GroupNormPlan& plan, ScalarKind kind,
                                       const ForwardArgs& args, cudaStream_t stream);
 cudaError_t launch_group_norm_backward(const GroupNormPlan& plan, ScalarKind kind,
