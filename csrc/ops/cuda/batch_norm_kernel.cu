@@ -10,13 +10,10 @@
 //           -> the op layer folds mean / invstd / weight / bias -> apply y = (x - m) * s + b.
 // Backward: sums (ds = sum dy * (x - mean), db = sum dy per piece) -> finalize (sum per channel
 //           in double) -> the op layer's coefficients -> dx = a dy + b xhat + k.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "common/welford.h"
+#include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/batch_norm_kernel.h"
 #include "ops/cuda/batch_norm_launch.h"
 
@@ -24,52 +21,6 @@ namespace normext {
 namespace cuda {
 namespace bn {
 namespace {
-
-__device__ __forceinline__ float to_acc(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_acc(double v) {
-  return v;
-}
-__device__ __forceinline__ float to_acc(__half v) {
-  return __half2float(v);
-}
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_type<T> v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename acc_t>
-__device__ __forceinline__ WelfordStat<acc_t> welford_add(WelfordStat<acc_t> s, acc_t v) {
-  s.count += 1;
-  const acc_t delta = v - s.mean;
-  s.mean += delta / static_cast<acc_t>(s.count);
-  s.m2 += delta * (v - s.mean);
-  return s;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ WelfordStat<double> widen(WelfordStat<acc_t> s) {
-  return {static_cast<double>(s.mean), static_cast<double>(s.m2), s.count};
-}
 
 // Fixed-order tree over `lanes` entries of `s` (a power of two), `width` apart, for the first
 // `width` threads' columns: entry 0 of each column ends with the merge of the column.
@@ -246,10 +197,7 @@ template <typename T>
 cudaError_t stats(const BatchNormPlan& p, const StatsArgs& args, cudaStream_t stream) {
   stats_kernel<T><<<static_cast<unsigned>(p.reduce_grid), kBlockThreads, 0, stream>>>(
       p, static_cast<const T*>(args.x), args.partials);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return err;
-  }
+  NORMEXT_RETURN_IF_LAUNCH_FAILED();
   stats_finalize_kernel<<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(
       p, args.partials, args.mean, args.m2);
   return cudaGetLastError();
@@ -271,10 +219,7 @@ cudaError_t grad_sums(const BatchNormPlan& p, const GradSumsArgs& args, cudaStre
   grad_sums_kernel<T><<<static_cast<unsigned>(p.reduce_grid), kBlockThreads, 0, stream>>>(
       p, static_cast<const T*>(args.dy), static_cast<const T*>(args.x),
       static_cast<const acc_t*>(args.mean), args.partials);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return err;
-  }
+  NORMEXT_RETURN_IF_LAUNCH_FAILED();
   grad_sums_finalize_kernel<acc_t>
       <<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(
           p, args.partials, static_cast<acc_t*>(args.sum_dy_xmu),
@@ -296,17 +241,9 @@ cudaError_t grad_input(const BatchNormPlan& p, const GradInputArgs& args, cudaSt
 template <template <typename> class Fn, typename Args>
 cudaError_t dispatch(ScalarKind kind, const BatchNormPlan& p, const Args& args,
                      cudaStream_t stream) {
-  switch (kind) {
-    case ScalarKind::Float:
-      return Fn<float>::run(p, args, stream);
-    case ScalarKind::Double:
-      return Fn<double>::run(p, args, stream);
-    case ScalarKind::Half:
-      return Fn<__half>::run(p, args, stream);
-    case ScalarKind::BFloat16:
-      return Fn<__nv_bfloat16>::run(p, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return Fn<typename decltype(tag)::type>::run(p, args, stream);
+  });
 }
 
 template <typename T>

@@ -3,51 +3,16 @@
 // Forward and dx are elementwise (grid-stride). The parameter gradients and dalpha are reduced
 // deterministically without atomics: fixed per-thread loops, a fixed in-block order, per-block
 // partials, then per-channel and dalpha sums over the partials in block order (dyt_launch.h).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "common/welford.h"
+#include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/dyt_kernel.h"
 #include "ops/cuda/dyt_launch.h"
 
 namespace normext {
 namespace cuda {
 namespace {
-
-__device__ __forceinline__ float to_acc(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_acc(double v) {
-  return v;
-}
-__device__ __forceinline__ float to_acc(__half v) {
-  return __half2float(v);
-}
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_type<T> v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // tanh(u) and 1 - tanh(u)^2; NB: where tanh saturates, 1 - t*t cancels, so the derivative comes
 // from e = exp(-2|u|) as 4e / (1 + e)^2 instead.
@@ -75,11 +40,6 @@ __device__ __forceinline__ double tanh_sech2(double u, double* sech2) {
     *sech2 = 4.0 * e / (d * d);
   }
   return t;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t param_or(const acc_t* p, int64_t c, acc_t fallback) {
-  return p != nullptr ? p[c] : fallback;
 }
 
 // Sum of one value per thread of the block, in a fixed tree order; the result in thread 0.
@@ -254,10 +214,6 @@ __global__ void __launch_bounds__(kDytBlockThreads)
   }
 }
 
-dim3 grid_of(int64_t blocks) {
-  return dim3(static_cast<unsigned int>(blocks));
-}
-
 template <typename T>
 cudaError_t forward_for(const DytPlan& plan, const DytForwardArgs& args, cudaStream_t stream) {
   using acc_t = acc_type<T>;
@@ -285,57 +241,35 @@ cudaError_t backward_for(const DytPlan& plan, const DytBackwardArgs& args, cudaS
     dyt_grad_planes_kernel<T><<<grid_of(plan.sum_grid), kDytBlockThreads, 0, stream>>>(
         dy, x, dx, plan, alpha, gamma, partials, alpha_partials);
   }
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return err;
-  }
+  NORMEXT_RETURN_IF_LAUNCH_FAILED();
   if (args.dgamma != nullptr || args.dbeta != nullptr) {
     dyt_channel_totals_kernel<acc_t>
         <<<grid_of(dyt_ceil_div(plan.C, kDytBlockThreads)), kDytBlockThreads, 0, stream>>>(
             plan, partials, static_cast<acc_t*>(args.dgamma), static_cast<acc_t*>(args.dbeta));
-    err = cudaGetLastError();
-    if (err != cudaSuccess) {
-      return err;
-    }
+    NORMEXT_RETURN_IF_LAUNCH_FAILED();
   }
   if (args.dalpha != nullptr) {
     dyt_alpha_total_kernel<acc_t><<<1, kDytBlockThreads, 0, stream>>>(
         plan.sum_tiles, alpha_partials, static_cast<acc_t*>(args.dalpha));
-    err = cudaGetLastError();
+    NORMEXT_RETURN_IF_LAUNCH_FAILED();
   }
-  return err;
+  return cudaSuccess;
 }
 
 } // namespace
 
 cudaError_t launch_dyt_forward(const DytPlan& plan, DytScalarKind kind, const DytForwardArgs& args,
                                cudaStream_t stream) {
-  switch (kind) {
-    case DytScalarKind::Float:
-      return forward_for<float>(plan, args, stream);
-    case DytScalarKind::Double:
-      return forward_for<double>(plan, args, stream);
-    case DytScalarKind::Half:
-      return forward_for<__half>(plan, args, stream);
-    case DytScalarKind::BFloat16:
-      return forward_for<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return forward_for<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 cudaError_t launch_dyt_backward(const DytPlan& plan, DytScalarKind kind,
                                 const DytBackwardArgs& args, cudaStream_t stream) {
-  switch (kind) {
-    case DytScalarKind::Float:
-      return backward_for<float>(plan, args, stream);
-    case DytScalarKind::Double:
-      return backward_for<double>(plan, args, stream);
-    case DytScalarKind::Half:
-      return backward_for<__half>(plan, args, stream);
-    case DytScalarKind::BFloat16:
-      return backward_for<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return backward_for<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 } // namespace cuda

@@ -11,62 +11,16 @@
 // Backward: sums (partial ds = sum dy * (x - mean), db = sum dy) -> per (n, c) totals ->
 //           per group coefficients (group_backward_coeffs) -> dgamma / dbeta (sum over n in order)
 //           and dx = rstd * gamma * dy + xhat_coeff * xhat + bias.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "common/welford.h"
+#include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/group_norm_kernel.h"
 #include "ops/cuda/group_norm_launch.h"
 
 namespace normext {
 namespace cuda {
 namespace {
-
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_acc(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_acc(double v) {
-  return v;
-}
-__device__ __forceinline__ float to_acc(__half v) {
-  return __half2float(v);
-}
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_type<T> v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// 16-byte vectors: 4 float, 2 double, 8 half / bfloat16.
-template <typename T>
-constexpr int kVec = 16 / sizeof(T);
-
-template <typename T>
-struct alignas(16) Pack {
-  T v[kVec<T>];
-};
 
 template <typename T>
 __device__ __forceinline__ Pack<T> load_pack(const T* p) {
@@ -107,22 +61,6 @@ __device__ __forceinline__ void for_span(const T* p, int64_t n, bool vectorize, 
 
 // ---------------------------------------------------------------------------------------------
 // Reductions
-
-template <typename acc_t>
-__device__ __forceinline__ WelfordStat<acc_t> welford_add(WelfordStat<acc_t> s, acc_t v) {
-  s.count += 1;
-  const acc_t delta = v - s.mean;
-  s.mean += delta / static_cast<acc_t>(s.count);
-  s.m2 += delta * (v - s.mean);
-  return s;
-}
-
-__device__ __forceinline__ WelfordStat<double> widen(WelfordStat<float> s) {
-  return {static_cast<double>(s.mean), static_cast<double>(s.m2), s.count};
-}
-__device__ __forceinline__ WelfordStat<double> widen(WelfordStat<double> s) {
-  return s;
-}
 
 __device__ __forceinline__ WelfordStat<double> shfl_down_stat(WelfordStat<double> s, int offset) {
   return {__shfl_down_sync(kFullMask, s.mean, offset), __shfl_down_sync(kFullMask, s.m2, offset),
@@ -820,18 +758,6 @@ __global__ void __launch_bounds__(kBlockThreads)
 // ---------------------------------------------------------------------------------------------
 // Launchers
 
-#define NORMEXT_RETURN_IF_LAUNCH_FAILED()        \
-  do {                                           \
-    const cudaError_t err = cudaGetLastError();  \
-    if (err != cudaSuccess) {                    \
-      return err;                                \
-    }                                            \
-  } while (0)
-
-dim3 grid_of(int64_t blocks) {
-  return dim3(static_cast<unsigned>(blocks));
-}
-
 template <typename T>
 cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_t stream) {
   using acc_t = acc_type<T>;
@@ -938,53 +864,28 @@ cudaError_t act_grad(const GroupNormPlan& plan, const ActGradArgs& a, cudaStream
   return cudaSuccess;
 }
 
-#undef NORMEXT_RETURN_IF_LAUNCH_FAILED
 
 } // namespace
 
 cudaError_t launch_group_norm_act_grad(const GroupNormPlan& plan, ScalarKind kind,
                                        const ActGradArgs& args, cudaStream_t stream) {
-  switch (kind) {
-    case ScalarKind::Float:
-      return act_grad<float>(plan, args, stream);
-    case ScalarKind::Double:
-      return act_grad<double>(plan, args, stream);
-    case ScalarKind::Half:
-      return act_grad<__half>(plan, args, stream);
-    case ScalarKind::BFloat16:
-      return act_grad<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return act_grad<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 cudaError_t launch_group_norm_forward(const GroupNormPlan& plan, ScalarKind kind,
                                       const ForwardArgs& args, cudaStream_t stream) {
-  switch (kind) {
-    case ScalarKind::Float:
-      return forward<float>(plan, args, stream);
-    case ScalarKind::Double:
-      return forward<double>(plan, args, stream);
-    case ScalarKind::Half:
-      return forward<__half>(plan, args, stream);
-    case ScalarKind::BFloat16:
-      return forward<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return forward<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 cudaError_t launch_group_norm_backward(const GroupNormPlan& plan, ScalarKind kind,
                                        const BackwardArgs& args, cudaStream_t stream) {
-  switch (kind) {
-    case ScalarKind::Float:
-      return backward<float>(plan, args, stream);
-    case ScalarKind::Double:
-      return backward<double>(plan, args, stream);
-    case ScalarKind::Half:
-      return backward<__half>(plan, args, stream);
-    case ScalarKind::BFloat16:
-      return backward<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return backward<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 } // namespace cuda

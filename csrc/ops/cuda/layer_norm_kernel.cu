@@ -10,14 +10,11 @@
 //           dgamma / dbeta: per (row split, column) partials, then an in-order sum per column.
 // Deterministic without atomics: fixed per-thread element order, fixed shuffle trees, warps in
 // order, partials summed in order; the row splits depend on M alone.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <type_traits>
 
 #include "common/welford.h"
+#include "ops/cuda/cuda_common.cuh"
 #include "ops/cuda/layer_norm_kernel.h"
 #include "ops/cuda/layer_norm_launch.h"
 
@@ -25,49 +22,6 @@ namespace normext {
 namespace cuda {
 namespace row_norm {
 namespace {
-
-constexpr unsigned kFullMask = 0xffffffffu;
-
-__device__ __forceinline__ float to_acc(float v) {
-  return v;
-}
-__device__ __forceinline__ double to_acc(double v) {
-  return v;
-}
-__device__ __forceinline__ float to_acc(__half v) {
-  return __half2float(v);
-}
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_type<T> v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// 16-byte vectors: 4 float, 2 double, 8 half / bfloat16.
-template <typename T>
-constexpr int kVec = 16 / sizeof(T);
-
-template <typename T>
-struct alignas(16) Pack {
-  T v[kVec<T>];
-};
 
 // W values of a row at element i, widened to acc_t (W == kVec<T>: one 16-byte load, aligned by
 // the caller; W == 1: one element).
@@ -96,11 +50,6 @@ __device__ __forceinline__ void store_acc(T* p, int64_t i, const acc_type<T> (&i
     }
     *reinterpret_cast<Pack<T>*>(p + i) = pk;
   }
-}
-
-template <typename A>
-__device__ __forceinline__ A param_or(const A* p, int64_t i, A fallback) {
-  return p != nullptr ? p[i] : fallback;
 }
 
 // Calls f(i, W) for the elements of [0, n) thread `rank` of a team of `size` owns: an unaligned
@@ -405,10 +354,6 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-unsigned grid_of(int64_t blocks) {
-  return static_cast<unsigned>(blocks);
-}
-
 template <typename T>
 cudaError_t forward(const RowNormPlan& plan, const ForwardArgs& a, cudaStream_t stream) {
   using A = acc_type<T>;
@@ -443,19 +388,13 @@ cudaError_t backward(const RowNormPlan& plan, const BackwardArgs& a, cudaStream_
     } else {
       run(grad_input_kernel<T, kBlockThreads>);
     }
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) {
-      return err;
-    }
+    NORMEXT_RETURN_IF_LAUNCH_FAILED();
   }
   if (a.dgamma != nullptr || a.dbeta != nullptr) {
     auto* partials = static_cast<A*>(a.partials);
     param_partials_kernel<T><<<grid_of(plan.param_grid), kBlockThreads, 0, stream>>>(
         plan, dy, x, mean, rstd, partials);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) {
-      return err;
-    }
+    NORMEXT_RETURN_IF_LAUNCH_FAILED();
     param_finalize_kernel<A><<<grid_of(plan.finalize_grid), kBlockThreads, 0, stream>>>(
         plan, partials, static_cast<A*>(a.dgamma), static_cast<A*>(a.dbeta));
     return cudaGetLastError();
@@ -467,32 +406,16 @@ cudaError_t backward(const RowNormPlan& plan, const BackwardArgs& a, cudaStream_
 
 cudaError_t launch_row_norm_forward(const RowNormPlan& plan, Scalar kind, const ForwardArgs& args,
                                     cudaStream_t stream) {
-  switch (kind) {
-    case Scalar::Float:
-      return forward<float>(plan, args, stream);
-    case Scalar::Double:
-      return forward<double>(plan, args, stream);
-    case Scalar::Half:
-      return forward<__half>(plan, args, stream);
-    case Scalar::BFloat16:
-      return forward<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return forward<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 cudaError_t launch_row_norm_backward(const RowNormPlan& plan, Scalar kind,
                                      const BackwardArgs& args, cudaStream_t stream) {
-  switch (kind) {
-    case Scalar::Float:
-      return backward<float>(plan, args, stream);
-    case Scalar::Double:
-      return backward<double>(plan, args, stream);
-    case Scalar::Half:
-      return backward<__half>(plan, args, stream);
-    case Scalar::BFloat16:
-      return backward<__nv_bfloat16>(plan, args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scalar(kind, [&](auto tag) {
+    return backward<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 } // namespace row_norm

@@ -1,0 +1,129 @@
+// Device helpers shared by the CUDA kernels (csrc/ops/cuda/*_kernel.cu): conversions between the
+// storage types and their accumulation type, 16-byte packs, Welford steps, launch-error returns
+// and the dtype dispatch of the launchers. Raw CUDA only: no torch headers (as the .cu files).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/welford.h"
+
+namespace normext {
+namespace cuda {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------------------
+// Storage <-> accumulation type (acc_type<T>: float for float / half / bfloat16, double for double)
+
+__device__ __forceinline__ float to_acc(float v) {
+  return v;
+}
+__device__ __forceinline__ double to_acc(double v) {
+  return v;
+}
+__device__ __forceinline__ float to_acc(__half v) {
+  return __half2float(v);
+}
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_type<T> v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// An optional per-channel parameter: p[i], or `fallback` where p is null.
+template <typename A>
+__device__ __forceinline__ A param_or(const A* p, int64_t i, A fallback) {
+  return p != nullptr ? p[i] : fallback;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16-byte vectors: 4 float, 2 double, 8 half / bfloat16.
+
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+template <typename T>
+struct alignas(16) Pack {
+  T v[kVec<T>];
+};
+
+// ---------------------------------------------------------------------------------------------
+// Welford
+
+template <typename acc_t>
+__device__ __forceinline__ WelfordStat<acc_t> welford_add(WelfordStat<acc_t> s, acc_t v) {
+  s.count += 1;
+  const acc_t delta = v - s.mean;
+  s.mean += delta / static_cast<acc_t>(s.count);
+  s.m2 += delta * (v - s.mean);
+  return s;
+}
+
+__device__ __forceinline__ WelfordStat<double> widen(WelfordStat<float> s) {
+  return {static_cast<double>(s.mean), static_cast<double>(s.m2), s.count};
+}
+__device__ __forceinline__ WelfordStat<double> widen(WelfordStat<double> s) {
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers
+
+// Returns the launch error, if any, from the enclosing launcher.
+#define NORMEXT_RETURN_IF_LAUNCH_FAILED()        \
+  do {                                           \
+    const cudaError_t err = cudaGetLastError();  \
+    if (err != cudaSuccess) {                    \
+      return err;                                \
+    }                                            \
+  } while (0)
+
+inline dim3 grid_of(int64_t blocks) {
+  return dim3(static_cast<unsigned>(blocks));
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// f(TypeTag<T>{}) for the storage type T named by `kind` (an enum class with Float, Double, Half
+// and BFloat16); cudaErrorInvalidValue for any other value.
+template <typename Kind, typename F>
+cudaError_t dispatch_scalar(Kind kind, F&& f) {
+  switch (kind) {
+    case Kind::Float:
+      return f(TypeTag<float>{});
+    case Kind::Double:
+      return f(TypeTag<double>{});
+    case Kind::Half:
+      return f(TypeTag<__half>{});
+    case Kind::BFloat16:
+      return f(TypeTag<__nv_bfloat16>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+} // namespace cuda
+} // namespace normext
