@@ -8,26 +8,11 @@
 #include <vector>
 
 #include "ops/cuda/batch_norm_launch.h"
+#include "plan_test_util.h"
 
 namespace {
 
 using namespace normext::cuda::bn;
-
-int64_t g_checks = 0;
-int64_t g_failures = 0;
-
-#define EXPECT(cond, ...)                                           \
-  do {                                                              \
-    ++g_checks;                                                     \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      if (g_failures <= 50) {                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 constexpr int64_t kExhaustiveElems = int64_t(1) << 20;
 
@@ -123,6 +108,5 @@ int main() {
   check_shape(16, 1024, int64_t(1) << 20, true, 132);
   check_shape(int64_t(1) << 20, 16384, 1, true, 132);
   check_shape(1, 1, int64_t(1) << 34, false, 132);
-  std::printf("%lld checks, %lld failures\n", (long long)g_checks, (long long)g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return plan_test::report();
 }

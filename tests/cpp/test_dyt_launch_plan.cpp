@@ -8,26 +8,11 @@
 #include <vector>
 
 #include "ops/cuda/dyt_launch.h"
+#include "plan_test_util.h"
 
 namespace {
 
 using namespace normext::cuda;
-
-int64_t g_checks = 0;
-int64_t g_failures = 0;
-
-#define EXPECT(cond, ...)                                           \
-  do {                                                              \
-    ++g_checks;                                                     \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      if (g_failures <= 50) {                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 constexpr int64_t kExhaustive = int64_t(1) << 21;
 
@@ -159,6 +144,5 @@ int main() {
   for (int64_t n : {int64_t(1), int64_t(255), int64_t(2049), int64_t(1) << 20, int64_t(1) << 40}) {
     check_elementwise(n);
   }
-  std::printf("%lld checks, %lld failures\n", (long long)g_checks, (long long)g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return plan_test::report();
 }

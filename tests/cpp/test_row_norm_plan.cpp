@@ -8,26 +8,11 @@
 #include <vector>
 
 #include "ops/cuda/layer_norm_launch.h"
+#include "plan_test_util.h"
 
 namespace {
 
 using namespace normext::cuda::row_norm;
-
-int64_t g_checks = 0;
-int64_t g_failures = 0;
-
-#define EXPECT(cond, ...)                                           \
-  do {                                                              \
-    ++g_checks;                                                     \
-    if (!(cond)) {                                                  \
-      ++g_failures;                                                 \
-      if (g_failures <= 50) {                                       \
-        std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::printf(__VA_ARGS__);                                   \
-        std::printf("\n");                                          \
-      }                                                             \
-    }                                                               \
-  } while (0)
 
 constexpr int64_t kEnumerateRows = int64_t(1) << 20;
 constexpr int64_t kEnumerateCells = int64_t(1) << 22;
@@ -148,6 +133,5 @@ int main() {
     }
   }
   check_aligned_head();
-  std::printf("%lld checks, %lld failures\n", (long long)g_checks, (long long)g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return plan_test::report();
 }
