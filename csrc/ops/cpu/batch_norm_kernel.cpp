@@ -18,6 +18,7 @@
 
 #include "common/welford.h"
 #include "ops/batch_norm.h"
+#include "ops/cpu/kernel_common.h"
 #include "ops/cpu/vec_kernels.h"
 
 namespace normext {
@@ -29,23 +30,6 @@ constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
 // Channels-last blocks take at least this many rows, so the per-block partials (2 x C values)
 // stay a few percent of the block even for wide C.
 constexpr int64_t kMinBlockRows = 64;
-
-template <typename scalar_t>
-struct Storage {
-  using type = scalar_t;
-};
-template <>
-struct Storage<c10::BFloat16> {
-  using type = cpu::bf16_t;
-};
-template <>
-struct Storage<c10::Half> {
-  using type = cpu::fp16_t;
-};
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 int64_t rows_per_block(int64_t C) {
   return std::max(kMinBlockRows, ceil_div(kChunkElems, C));
@@ -491,11 +475,6 @@ void grad_input_cpu(const BatchNormShape& shape, const at::Tensor& dY, const at:
       });
 }
 
-template <typename acc_t>
-const acc_t* cptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
-}
-
 bool train_forward_cpu(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& weight,
                        const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
                        at::Tensor& m2, at::Tensor& invstd) {
@@ -507,8 +486,8 @@ bool train_forward_cpu(const BatchNormShape& shape, const at::Tensor& X, const a
         if (!fusable<scalar_t>(shape, 2)) {
           return;
         }
-        train_forward_impl(shape, X.const_data_ptr<scalar_t>(), cptr_or_null<acc_t>(weight),
-                           cptr_or_null<acc_t>(bias), eps, Y.data_ptr<scalar_t>(),
+        train_forward_impl(shape, X.const_data_ptr<scalar_t>(), const_data_or_null<acc_t>(weight),
+                           const_data_or_null<acc_t>(bias), eps, Y.data_ptr<scalar_t>(),
                            mean.data_ptr<double>(), m2.data_ptr<double>(),
                            invstd.data_ptr<acc_t>());
         done = true;
@@ -528,7 +507,8 @@ bool train_backward_cpu(const BatchNormShape& shape, const at::Tensor& dY, const
           return;
         }
         train_backward_impl(shape, dY.const_data_ptr<scalar_t>(), X.const_data_ptr<scalar_t>(),
-                            cptr_or_null<acc_t>(weight), cptr<acc_t>(mean), cptr<acc_t>(invstd),
+                            const_data_or_null<acc_t>(weight), cptr<acc_t>(mean),
+                            cptr<acc_t>(invstd),
                             sum_dy_xmu.data_ptr<acc_t>(), sum_dy.data_ptr<acc_t>(),
                             dX.data_ptr<scalar_t>());
         done = true;

@@ -13,6 +13,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "ops/cpu/kernel_common.h"
 #include "ops/cpu/vec_kernels.h"
 #include "ops/dyt.h"
 
@@ -28,23 +29,6 @@ constexpr int64_t kBlockElems = 8192;
 // least this many rows per block so the per-block partials stay a few percent of the input.
 constexpr int64_t kMaxBlockChannels = 1024;
 constexpr int64_t kMinBlockRows = 64;
-
-template <typename scalar_t>
-struct Storage {
-  using type = scalar_t;
-};
-template <>
-struct Storage<c10::BFloat16> {
-  using type = cpu::bf16_t;
-};
-template <>
-struct Storage<c10::Half> {
-  using type = cpu::fp16_t;
-};
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 // Per-channel parameter arrays padded for whole-vector loads; missing parameters are 1 / 0.
 template <typename acc_t>

@@ -17,6 +17,7 @@
 #include <c10/util/Half.h>
 
 #include "common/welford.h"
+#include "ops/cpu/kernel_common.h"
 #include "ops/cpu/vec_kernels.h"
 #include "ops/group_norm.h"
 
@@ -29,23 +30,6 @@ constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
 // Channels-last chunks take at least this many positions, so that the per-chunk partial buffers
 // of the backward stay a few percent of the input even for C = 1280.
 constexpr int64_t kMinChunkRows = 64;
-
-template <typename scalar_t>
-struct Storage {
-  using type = scalar_t;
-};
-template <>
-struct Storage<c10::BFloat16> {
-  using type = cpu::bf16_t;
-};
-template <>
-struct Storage<c10::Half> {
-  using type = cpu::fp16_t;
-};
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 int64_t channels_last_chunk_rows(int64_t C) {
   return std::max(kMinChunkRows, ceil_div(kChunkElems, C));
@@ -540,11 +524,6 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   param_grads(s, ds.data(), db.data(), rstd, dgamma, dbeta);
 }
 
-template <typename acc_t>
-const acc_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<acc_t>() : nullptr;
-}
-
 } // namespace
 
 void group_norm_forward_cpu_kernel(const GroupNormShape& shape, const at::Tensor& X,
@@ -554,7 +533,8 @@ void group_norm_forward_cpu_kernel(const GroupNormShape& shape, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, X.scalar_type(), "group_norm_forward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), data_or_null<acc_t>(beta)};
+        const Params<scalar_t, acc_t> p{const_data_or_null<acc_t>(gamma),
+                                        const_data_or_null<acc_t>(beta)};
         auto run = shape.channels_last ? forward_channels_last<scalar_t> : forward_nchw<scalar_t>;
         const ForwardFusion<scalar_t> f{
             fusion.residual.defined() ? fusion.residual.const_data_ptr<scalar_t>() : nullptr,
@@ -573,7 +553,8 @@ void group_norm_backward_cpu_kernel(const GroupNormShape& shape, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, X.scalar_type(), "group_norm_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        const Params<scalar_t, acc_t> p{data_or_null<acc_t>(gamma), data_or_null<acc_t>(beta)};
+        const Params<scalar_t, acc_t> p{const_data_or_null<acc_t>(gamma),
+                                        const_data_or_null<acc_t>(beta)};
         auto run =
             shape.channels_last ? backward_channels_last<scalar_t> : backward_nchw<scalar_t>;
         run(shape, dY.const_data_ptr<scalar_t>(), X.const_data_ptr<scalar_t>(),

@@ -20,6 +20,7 @@
 #include <c10/util/Half.h>
 
 #include "common/welford.h"
+#include "ops/cpu/kernel_common.h"
 #include "ops/cpu/vec_kernels.h"
 #include "ops/layer_norm.h"
 
@@ -40,23 +41,6 @@ constexpr int64_t kInCacheRowElems = 4 * kChunkElems;
 // percent of the input: 64 x 2 x D values). Both depend on the shape alone, never on threads.
 constexpr int64_t kBlockElems = 32 * 1024;
 constexpr int64_t kMaxBlocks = 64;
-
-template <typename scalar_t>
-struct Storage {
-  using type = scalar_t;
-};
-template <>
-struct Storage<c10::BFloat16> {
-  using type = cpu::bf16_t;
-};
-template <>
-struct Storage<c10::Half> {
-  using type = cpu::fp16_t;
-};
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 int64_t rows_per_block(int64_t M, int64_t D) {
   return std::max({int64_t{1}, kBlockElems / D, ceil_div(M, kMaxBlocks)});
@@ -376,16 +360,6 @@ void backward_impl(const RowNormShape& s, const scalar_t* dY, const scalar_t* X,
       }
     }
   });
-}
-
-template <typename T>
-T* data_or_null(at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-const T* const_data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
 } // namespace

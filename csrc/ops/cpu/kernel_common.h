@@ -1,0 +1,44 @@
+// Helpers shared by the CPU kernels of the ops (csrc/ops/cpu/*_kernel.cpp): the storage type the
+// VecKernels table is instantiated for, task-count arithmetic and optional-tensor pointers.
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "ops/cpu/vec_kernels.h"
+
+namespace normext {
+
+// The type VecKernels works on for a torch scalar type: c10::BFloat16 / c10::Half map to the
+// torch-free bf16_t / fp16_t (same bits), float and double to themselves.
+template <typename scalar_t>
+struct Storage {
+  using type = scalar_t;
+};
+template <>
+struct Storage<c10::BFloat16> {
+  using type = cpu::bf16_t;
+};
+template <>
+struct Storage<c10::Half> {
+  using type = cpu::fp16_t;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Data of an optional tensor, nullptr where it is undefined.
+template <typename T>
+T* data_or_null(at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+template <typename T>
+const T* const_data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+} // namespace normext
