@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "common/profiling.h"
+#include "ops/op_common.h"
 
 namespace normext {
 namespace {
@@ -43,17 +44,10 @@ void check_features(const char* name, int64_t expected, const at::Tensor& t) {
               t.numel());
 }
 
-void check_same_device(const at::Tensor& input, std::initializer_list<at::Tensor> tensors) {
-  for (const at::Tensor& t : tensors) {
-    TORCH_CHECK(!t.defined() || t.device() == input.device(), "Tensor on device ", t.device(),
-                " is not on the expected device ", input.device(), "!");
-  }
-}
-
 // ATen CPU's is_mixed_type / check_mixed_data_type: the first given parameter decides. When it
 // has the input's dtype every other one must too (else the kernel's "expected scalar type");
 // otherwise the input is bfloat16/half and every parameter is float32.
-void check_param_dtypes(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
+void check_batch_norm_dtypes(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
   at::ScalarType first = at::ScalarType::Undefined;
   for (const at::Tensor& p : params) {
     if (p.defined()) {
@@ -75,7 +69,7 @@ void check_param_dtypes(const at::Tensor& input, std::initializer_list<at::Tenso
     TORCH_CHECK(!p.defined() || p.scalar_type() == at::kFloat,
                 "mixed dtype (CPU): expect parameter to have scalar type of Float");
   }
-  TORCH_CHECK(input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kHalf,
+  TORCH_CHECK(is_reduced_float(input.scalar_type()),
               "mixed dtype (CPU): all inputs must share same datatype.");
 }
 
@@ -86,22 +80,15 @@ BatchNormShape shape_of(const at::Tensor& input) {
   for (const auto d : c10::irange(2, input.dim())) {
     HxW *= input.size(d);
   }
-  // channels_last (4D) and channels_last_3d (5D) stay in their layout; any other strides are
-  // copied to NCHW, as torch does.
-  const auto format = input.suggest_memory_format();
-  const bool channels_last =
-      !input.is_contiguous() && ((input.dim() == 4 && format == at::MemoryFormat::ChannelsLast) ||
-                                 (input.dim() == 5 && format == at::MemoryFormat::ChannelsLast3d));
+  const bool channels_last = keeps_channels_last(input);
   // NB: with one position per sample, contiguous NCHW is N rows of C channels: the channels-last
   // loops vectorize over C instead of running N * C one-element planes.
   return {N, C, HxW, channels_last || HxW == 1};
 }
 
 at::MemoryFormat memory_format_of(const at::Tensor& input) {
-  const auto format = input.suggest_memory_format();
-  if (!input.is_contiguous() && ((input.dim() == 4 && format == at::MemoryFormat::ChannelsLast) ||
-                                 (input.dim() == 5 && format == at::MemoryFormat::ChannelsLast3d))) {
-    return format;
+  if (keeps_channels_last(input)) {
+    return input.suggest_memory_format();
   }
   return at::MemoryFormat::Contiguous;
 }
@@ -175,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ",
               input.dim());
   check_same_device(input, {weight, bias, running_mean, running_var});
-  check_param_dtypes(input, {weight, bias, running_mean, running_var});
+  check_batch_norm_dtypes(input, {weight, bias, running_mean, running_var});
 
   const BatchNormShape shape = shape_of(input);
   if (!training) {
@@ -373,7 +360,7 @@ at::Tensor batch_norm_elemt(const at::Tensor& input, const std::optional<at::Ten
   check_stat(input, mean, "mean");
   check_stat(input, invstd, "invstd");
   check_same_device(input, {weight_t, bias_t});
-  check_param_dtypes(input, {weight_t, bias_t});
+  check_batch_norm_dtypes(input, {weight_t, bias_t});
   return apply(input, weight_t, bias_t, per_channel(mean, input), per_channel(invstd, input),
                kernels);
 }

@@ -6,36 +6,10 @@
 #include <torch/library.h>
 
 #include "common/profiling.h"
+#include "ops/op_common.h"
 
 namespace normext {
 namespace {
-
-bool is_reduced_float(at::ScalarType t) {
-  return t == at::kBFloat16 || t == at::kHalf;
-}
-
-// The rule of the other normext ops (ATen's check_mixed_data_type): parameters share the input's
-// dtype, or the input is bfloat16/half and every parameter is float32.
-void check_param_dtypes(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
-  bool mixed = false;
-  for (const at::Tensor& p : params) {
-    mixed |= p.defined() && p.scalar_type() != input.scalar_type();
-  }
-  if (!mixed) {
-    return;
-  }
-  for (const at::Tensor& p : params) {
-    TORCH_CHECK(!p.defined() || p.scalar_type() == at::kFloat,
-                "mixed dtype (CPU): expect parameter to have scalar type of Float");
-  }
-  TORCH_CHECK(is_reduced_float(input.scalar_type()),
-              "mixed dtype (CPU): all inputs must share same datatype.");
-}
-
-void check_device(const at::Tensor& input, const at::Tensor& t) {
-  TORCH_CHECK(!t.defined() || t.device() == input.device(), "Tensor on device ", t.device(),
-              " is not on the expected device ", input.device(), "!");
-}
 
 // Number of trailing input dims the parameters cover (channels_last=True), or 1.
 int64_t param_dims(const at::Tensor& weight, const at::Tensor& bias) {
@@ -83,9 +57,7 @@ void check_args(const at::Tensor& input, const at::Tensor& alpha, const at::Tens
   TORCH_CHECK(!weight.defined() || !bias.defined() || weight.sizes() == bias.sizes(),
               "dyt: expected weight and bias of the same shape, but got ", weight.sizes(), " and ",
               bias.sizes());
-  for (const at::Tensor* t : {&alpha, &weight, &bias}) {
-    check_device(input, *t);
-  }
+  check_same_device(input, {alpha, weight, bias});
   check_param_dtypes(input, {alpha, weight, bias});
 }
 
@@ -102,10 +74,7 @@ DytShape shape_of(const at::Tensor& input, const at::Tensor& weight, const at::T
   }
   const int64_t N = input.size(0), C = input.size(1);
   const int64_t inner = N * C == 0 ? 0 : numel / (N * C);
-  const auto format = input.suggest_memory_format();
-  const bool rows_of_c = inner == 1 || (!input.is_contiguous() &&
-                                        ((input.dim() == 4 && format == at::MemoryFormat::ChannelsLast) ||
-                                         (input.dim() == 5 && format == at::MemoryFormat::ChannelsLast3d)));
+  const bool rows_of_c = inner == 1 || keeps_channels_last(input);
   if (rows_of_c) {
     return {N * inner, C, 1, false};
   }
@@ -162,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dyt_backward(
               " (the input's), but got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "Expected grad_out of dtype ",
               input.scalar_type(), " (the input's), but got ", grad_out.scalar_type());
-  check_device(input, grad_out);
+  check_same_device(input, {grad_out});
   const DytShape shape = shape_of(input, weight_t, at::Tensor(), channels_last);
   const at::MemoryFormat format = memory_format_of(input, shape, channels_last);
   const at::Tensor X = input.contiguous(format);

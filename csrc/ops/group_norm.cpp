@@ -9,31 +9,10 @@
 #include <torch/library.h>
 
 #include "common/profiling.h"
+#include "ops/op_common.h"
 
 namespace normext {
 namespace {
-
-bool is_reduced_float(at::ScalarType t) {
-  return t == at::kBFloat16 || t == at::kHalf;
-}
-
-// Same rules and messages as ATen's check_mixed_data_type: parameters share the input's dtype, or
-// the input is bfloat16/half and every given parameter is float32.
-void check_param_dtypes(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
-  bool mixed = false;
-  for (const at::Tensor& p : params) {
-    mixed |= p.defined() && p.scalar_type() != input.scalar_type();
-  }
-  if (!mixed) {
-    return;
-  }
-  for (const at::Tensor& p : params) {
-    TORCH_CHECK(!p.defined() || p.scalar_type() == at::kFloat,
-                "mixed dtype (CPU): expect parameter to have scalar type of Float");
-  }
-  TORCH_CHECK(is_reduced_float(input.scalar_type()),
-              "mixed dtype (CPU): all inputs must share same datatype.");
-}
 
 void check_param(const at::Tensor& input, const at::Tensor& param, const char* name, int64_t C) {
   if (!param.defined()) {
@@ -42,8 +21,7 @@ void check_param(const at::Tensor& input, const at::Tensor& param, const char* n
   TORCH_CHECK(param.dim() == 1 && param.numel() == C, "Expected ", name,
               " to be a vector of size equal to the number of channels in input, but got ", name,
               " of shape ", param.sizes(), " and input of shape ", input.sizes());
-  TORCH_CHECK(param.device() == input.device(), "Tensor on device ", param.device(),
-              " is not on the expected device ", input.device(), "!");
+  check_same_device(input, {param});
 }
 
 void check_input(const at::Tensor& input, int64_t num_groups) {
@@ -68,12 +46,7 @@ GroupNormShape shape_of(const at::Tensor& input, int64_t num_groups) {
   for (const auto d : c10::irange(2, input.dim())) {
     HxW *= input.size(d);
   }
-  // channels_last (4D) and channels_last_3d (5D) stay in their layout; any other strides are
-  // copied to NCHW, as torch does.
-  const auto format = input.suggest_memory_format();
-  const bool channels_last =
-      !input.is_contiguous() && ((input.dim() == 4 && format == at::MemoryFormat::ChannelsLast) ||
-                                 (input.dim() == 5 && format == at::MemoryFormat::ChannelsLast3d));
+  const bool channels_last = keeps_channels_last(input);
   return {N, C, HxW, num_groups, channels_last};
 }
 
@@ -169,8 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_group_norm_forwar
   TORCH_CHECK(residual.scalar_type() == input.scalar_type(),
               "add_group_norm: expected residual of dtype ", input.scalar_type(),
               " (the input's), but got ", residual.scalar_type());
-  TORCH_CHECK(residual.device() == input.device(), "Tensor on device ", residual.device(),
-              " is not on the expected device ", input.device(), "!");
+  check_same_device(input, {residual});
   const at::MemoryFormat format = memory_format_of(input, shape);
   const at::Tensor X = input.contiguous(format);
   GroupNormFusion fusion;

@@ -13,13 +13,10 @@
 #include <torch/library.h>
 
 #include "common/profiling.h"
+#include "ops/op_common.h"
 
 namespace normext {
 namespace {
-
-bool is_reduced_float(at::ScalarType t) {
-  return t == at::kBFloat16 || t == at::kHalf;
-}
 
 at::ScalarType acc_dtype_of(const at::Tensor& input) {
   return at::toOpMathType(input.scalar_type());
@@ -54,10 +51,7 @@ RowNormShape check_row_norm_inputs(const at::Tensor& input, at::IntArrayRef norm
     ss << "], but got input of size" << input.sizes();
     TORCH_CHECK(false, ss.str());
   }
-  for (const at::Tensor* p : {&weight, &bias}) {
-    TORCH_CHECK(!p->defined() || p->device() == input.device(), "Tensor on device ",
-                p->device(), " is not on the expected device ", input.device(), "!");
-  }
+  check_same_device(input, {weight, bias});
   const int64_t axis = input_ndim - normalized_ndim;
   int64_t M = 1, D = 1;
   for (const auto d : c10::irange(input_ndim)) {
@@ -125,8 +119,7 @@ void check_residual(const at::Tensor& input, const at::Tensor& residual) {
               " (the input's), but got ", residual.sizes());
   TORCH_CHECK(residual.scalar_type() == input.scalar_type(), "Expected residual of dtype ",
               input.scalar_type(), " (the input's), but got ", residual.scalar_type());
-  TORCH_CHECK(residual.device() == input.device(), "Tensor on device ", residual.device(),
-              " is not on the expected device ", input.device(), "!");
+  check_same_device(input, {residual});
 }
 
 struct ForwardResult {
