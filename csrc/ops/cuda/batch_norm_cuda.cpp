@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/profiling.h"
+#include "ops/cuda/cuda_host_common.h"
 #include "ops/batch_norm.h"
 #include "ops/cuda/batch_norm_kernel.h"
 #include "ops/cuda/batch_norm_launch.h"
@@ -19,29 +20,10 @@
 namespace normext {
 namespace {
 
-cuda::ScalarKind scalar_kind_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return cuda::ScalarKind::Float;
-    case at::kDouble:
-      return cuda::ScalarKind::Double;
-    case at::kHalf:
-      return cuda::ScalarKind::Half;
-    case at::kBFloat16:
-      return cuda::ScalarKind::BFloat16;
-    default:
-      break;
-  }
-  // Unreachable: the op layer accepts floating dtypes only.
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "\"batch_norm\" not implemented for '", t.scalar_type(), "'");
-  return cuda::ScalarKind::Float;
-}
+using Kind = cuda::ScalarKind;
 
-// NB: asked per call of the tensor's device (a cheap driver query), never cached for device 0.
 cuda::bn::BatchNormPlan plan_for(const BatchNormShape& s, const at::Tensor& X) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, X.get_device()));
-  return cuda::bn::make_batch_norm_plan(s.N, s.C, s.HxW, s.channels_last, sms);
+  return cuda::bn::make_batch_norm_plan(s.N, s.C, s.HxW, s.channels_last, sm_count_of(X));
 }
 
 void stats_cuda(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& mean,
@@ -57,7 +39,7 @@ void stats_cuda(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& me
   args.mean = mean.mutable_data_ptr<double>();
   args.m2 = m2.mutable_data_ptr<double>();
   args.partials = static_cast<WelfordStat<double>*>(partials.mutable_data_ptr());
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_stats(plan, scalar_kind_of(X), args,
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_stats(plan, scalar_kind_of<Kind>(X), args,
                                                    c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -72,8 +54,8 @@ void apply_cuda(const BatchNormShape& shape, const at::Tensor& X, const at::Tens
   args.mean = mean.const_data_ptr();
   args.scale = scale.const_data_ptr();
   args.shift = shift.const_data_ptr();
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_apply(plan_for(shape, X), scalar_kind_of(X), args,
-                                                   c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_apply(plan_for(shape, X), scalar_kind_of<Kind>(X),
+                                                   args, c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -90,7 +72,7 @@ void grad_sums_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at:
   args.sum_dy_xmu = sum_dy_xmu.mutable_data_ptr();
   args.sum_dy = sum_dy.mutable_data_ptr();
   args.partials = partials.mutable_data_ptr<double>();
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_sums(plan, scalar_kind_of(X), args,
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_sums(plan, scalar_kind_of<Kind>(X), args,
                                                        c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -109,7 +91,7 @@ void grad_input_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at
   args.rstd = rstd.const_data_ptr();
   args.b = b.const_data_ptr();
   args.k = k.const_data_ptr();
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_input(plan_for(shape, X), scalar_kind_of(X),
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_input(plan_for(shape, X), scalar_kind_of<Kind>(X),
                                                         args, c10::cuda::getCurrentCUDAStream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/profiling.h"
+#include "ops/cuda/cuda_host_common.h"
 #include "ops/cuda/dyt_kernel.h"
 #include "ops/cuda/dyt_launch.h"
 #include "ops/dyt.h"
@@ -18,37 +19,11 @@
 namespace normext {
 namespace {
 
-cuda::DytScalarKind scalar_kind_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return cuda::DytScalarKind::Float;
-    case at::kDouble:
-      return cuda::DytScalarKind::Double;
-    case at::kHalf:
-      return cuda::DytScalarKind::Half;
-    case at::kBFloat16:
-      return cuda::DytScalarKind::BFloat16;
-    default:
-      break;
-  }
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "normext dyt (CUDA): not implemented for '", t.scalar_type(),
-                              "'");
-  return cuda::DytScalarKind::Float;
-}
+using Kind = cuda::DytScalarKind;
 
 cuda::DytPlan plan_for(const DytShape& s, const at::Tensor& X) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, X.get_device()));
   // NB: 4 blocks of 256 threads per SM: one wave of the reduction kernels.
-  return cuda::make_dyt_plan(s.rows, s.C, s.inner, s.planes, 4 * static_cast<int64_t>(sms));
-}
-
-const void* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr() : nullptr;
-}
-
-void* mutable_data_or_null(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr() : nullptr;
+  return cuda::make_dyt_plan(s.rows, s.C, s.inner, s.planes, 4 * sm_count_of(X));
 }
 
 void dyt_forward_cuda_kernel(const DytShape& shape, const at::Tensor& X, const at::Tensor& alpha,
@@ -62,7 +37,7 @@ void dyt_forward_cuda_kernel(const DytShape& shape, const at::Tensor& X, const a
   args.alpha = alpha.const_data_ptr();
   args.gamma = data_or_null(gamma);
   args.beta = data_or_null(beta);
-  C10_CUDA_CHECK(cuda::launch_dyt_forward(plan, scalar_kind_of(X), args,
+  C10_CUDA_CHECK(cuda::launch_dyt_forward(plan, scalar_kind_of<Kind>(X), args,
                                           c10::cuda::getCurrentCUDAStream().stream()));
 }
 
@@ -86,7 +61,7 @@ void dyt_backward_cuda_kernel(const DytShape& shape, const at::Tensor& dY, const
   args.dbeta = mutable_data_or_null(dbeta);
   args.sum_partials = sum_partials.mutable_data_ptr();
   args.alpha_partials = alpha_partials.mutable_data_ptr();
-  C10_CUDA_CHECK(cuda::launch_dyt_backward(plan, scalar_kind_of(X), args,
+  C10_CUDA_CHECK(cuda::launch_dyt_backward(plan, scalar_kind_of<Kind>(X), args,
                                            c10::cuda::getCurrentCUDAStream().stream()));
 }
 

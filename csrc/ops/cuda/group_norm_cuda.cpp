@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/profiling.h"
+#include "ops/cuda/cuda_host_common.h"
 #include "ops/cuda/group_norm_kernel.h"
 #include "ops/cuda/group_norm_launch.h"
 #include "ops/group_norm.h"
@@ -23,42 +24,10 @@
 namespace normext {
 namespace {
 
-cuda::ScalarKind scalar_kind_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return cuda::ScalarKind::Float;
-    case at::kDouble:
-      return cuda::ScalarKind::Double;
-    case at::kHalf:
-      return cuda::ScalarKind::Half;
-    case at::kBFloat16:
-      return cuda::ScalarKind::BFloat16;
-    default:
-      break;
-  }
-  // Unreachable: the op layer accepts floating dtypes only.
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "normext group_norm (CUDA): not implemented for '",
-                              t.scalar_type(), "'");
-  return cuda::ScalarKind::Float;
-}
-
-// NB: asked per call of the tensor's device (a cheap driver query), never cached for device 0.
-int64_t sm_count_of(const at::Tensor& t) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device()));
-  return sms;
-}
+using Kind = cuda::ScalarKind;
 
 cuda::GroupNormPlan plan_for(const GroupNormShape& s, const at::Tensor& X) {
   return cuda::make_group_norm_plan(s.N, s.C, s.HxW, s.G, s.channels_last, sm_count_of(X));
-}
-
-const void* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr() : nullptr;
-}
-
-void* mutable_data_or_null(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr() : nullptr;
 }
 
 void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tensor& X,
@@ -92,7 +61,7 @@ void group_norm_forward_cuda_kernel(const GroupNormShape& shape, const at::Tenso
   args.channel_coeffs = channel_coeffs.mutable_data_ptr();
   args.eps = eps;
   args.activation = static_cast<int>(fusion.activation);
-  C10_CUDA_CHECK(cuda::launch_group_norm_forward(plan, scalar_kind_of(X), args,
+  C10_CUDA_CHECK(cuda::launch_group_norm_forward(plan, scalar_kind_of<Kind>(X), args,
                                                  c10::cuda::getCurrentCUDAStream().stream()));
 }
 
@@ -123,7 +92,7 @@ void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tens
     G = at::empty_like(dY);
     cuda::ActGradArgs act_args{dY.const_data_ptr(), X.const_data_ptr(), coeffs.const_data_ptr(),
                                G.mutable_data_ptr(), static_cast<int>(activation)};
-    C10_CUDA_CHECK(cuda::launch_group_norm_act_grad(plan, scalar_kind_of(X), act_args,
+    C10_CUDA_CHECK(cuda::launch_group_norm_act_grad(plan, scalar_kind_of<Kind>(X), act_args,
                                                     c10::cuda::getCurrentCUDAStream().stream()));
   }
   const at::Tensor& grad = activation != 0 ? G : dY;
@@ -144,7 +113,7 @@ void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tens
   args.sum_partials = sum_partials.mutable_data_ptr();
   args.channel_sums = channel_sums.mutable_data_ptr();
   args.dx_coeffs = mutable_data_or_null(dx_coeffs);
-  C10_CUDA_CHECK(cuda::launch_group_norm_backward(plan, scalar_kind_of(X), args,
+  C10_CUDA_CHECK(cuda::launch_group_norm_backward(plan, scalar_kind_of<Kind>(X), args,
                                                   c10::cuda::getCurrentCUDAStream().stream()));
 }
 

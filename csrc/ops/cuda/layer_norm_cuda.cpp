@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/profiling.h"
+#include "ops/cuda/cuda_host_common.h"
 #include "ops/cuda/layer_norm_kernel.h"
 #include "ops/cuda/layer_norm_launch.h"
 #include "ops/layer_norm.h"
@@ -20,39 +21,11 @@ namespace normext {
 namespace {
 
 namespace rn = cuda::row_norm;
-
-rn::Scalar scalar_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return rn::Scalar::Float;
-    case at::kDouble:
-      return rn::Scalar::Double;
-    case at::kHalf:
-      return rn::Scalar::Half;
-    case at::kBFloat16:
-      return rn::Scalar::BFloat16;
-    default:
-      break;
-  }
-  // Unreachable: the op layer accepts floating dtypes only.
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "normext row norm (CUDA): not implemented for '",
-                              t.scalar_type(), "'");
-  return rn::Scalar::Float;
-}
+using Kind = rn::Scalar;
 
 // NB: asked per call of the tensor's device (a cheap driver query), never cached for device 0.
 rn::RowNormPlan plan_for(const RowNormShape& s, const at::Tensor& X) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, X.get_device()));
-  return rn::make_row_norm_plan(s.M, s.D, sms);
-}
-
-const void* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr() : nullptr;
-}
-
-void* mutable_data_or_null(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr() : nullptr;
+  return rn::make_row_norm_plan(s.M, s.D, sm_count_of(X));
 }
 
 void row_norm_forward_cuda_kernel(const RowNormShape& shape, const at::Tensor& X,
@@ -72,7 +45,7 @@ void row_norm_forward_cuda_kernel(const RowNormShape& shape, const at::Tensor& X
   args.mean = mutable_data_or_null(mean);
   args.rstd = rstd.mutable_data_ptr();
   args.eps = eps;
-  C10_CUDA_CHECK(rn::launch_row_norm_forward(plan, scalar_of(X), args,
+  C10_CUDA_CHECK(rn::launch_row_norm_forward(plan, scalar_kind_of<Kind>(X), args,
                                              c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -97,7 +70,7 @@ void row_norm_backward_cuda_kernel(const RowNormShape& shape, const at::Tensor& 
   args.dgamma = mutable_data_or_null(dgamma);
   args.dbeta = mutable_data_or_null(dbeta);
   args.partials = mutable_data_or_null(partials);
-  C10_CUDA_CHECK(rn::launch_row_norm_backward(plan, scalar_of(X), args,
+  C10_CUDA_CHECK(rn::launch_row_norm_backward(plan, scalar_kind_of<Kind>(X), args,
                                               c10::cuda::getCurrentCUDAStream().stream()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
