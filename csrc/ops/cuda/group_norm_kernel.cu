@@ -22,22 +22,6 @@ namespace normext {
 namespace cuda {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ Pack<T> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T>*>(p);
-}
-
-template <typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
-  *reinterpret_cast<Pack<T>*>(p) = v;
-}
-
-// True when two arrays read or written at the same offsets are both 16-byte aligned at the same
-// elements, so one head/vector/tail split serves both.
-__device__ __forceinline__ bool same_alignment(const void* a, const void* b) {
-  return ((reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(b)) & 15u) == 0;
-}
-
 // Visits the elements [0, n) of a contiguous span that thread `rank` of a team of `size` owns:
 // first the unaligned head one at a time, then aligned whole vectors, then the tail. The order
 // each thread visits its elements in is fixed by (p, n, rank, size).

@@ -30,7 +30,7 @@ __device__ __forceinline__ void load_acc(const T* p, int64_t i, acc_type<T> (&ou
   if constexpr (W == 1) {
     out[0] = to_acc(p[i]);
   } else {
-    const Pack<T> pk = *reinterpret_cast<const Pack<T>*>(p + i);
+    const Pack<T> pk = load_pack(p + i);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       out[k] = to_acc(pk.v[k]);
@@ -48,7 +48,7 @@ __device__ __forceinline__ void store_acc(T* p, int64_t i, const acc_type<T> (&i
     for (int k = 0; k < W; ++k) {
       pk.v[k] = from_acc<T>(in[k]);
     }
-    *reinterpret_cast<Pack<T>*>(p + i) = pk;
+    store_pack(p + i, pk);
   }
 }
 
@@ -76,6 +76,22 @@ __device__ __forceinline__ void for_row(int64_t head, int64_t n, bool vectorize,
   for (int64_t i = head + nvec * V + rank; i < n; i += size) {
     f(i, std::integral_constant<int, 1>{});
   }
+}
+
+// f(v) for each value of [0, n) thread `rank` of a team of `size` owns, widened to acc_type<T>, in
+// for_row's order (a vector's values in index order).
+template <typename T, typename F>
+__device__ __forceinline__ void for_row_values(const T* p, int64_t head, int64_t n, bool vectorize,
+                                               int rank, int size, F&& f) {
+  for_row<T>(head, n, vectorize, rank, size, [&](int64_t i, auto w) {
+    constexpr int W = decltype(w)::value;
+    acc_type<T> v[W];
+    load_acc<W>(p, i, v);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      f(v[k]);
+    }
+  });
 }
 
 // Sum over a team of kTeam threads (a warp, or the block), in a fixed order; every thread of the
@@ -107,8 +123,7 @@ __device__ __forceinline__ A team_sum(A v, A* shared) {
 
 template <typename T>
 __device__ __forceinline__ bool aligned_alike(const T* a, const void* b) {
-  return b == nullptr ||
-         ((reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(b)) & 15u) == 0;
+  return b == nullptr || same_alignment(a, b);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,14 +184,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       if (!isfinite(acc) || !(static_cast<double>(acc) >= 1e-30)) {
         // fp32 squares overflowed or underflowed: the exact sum in double
         double e = 0;
-        for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
-          constexpr int W = decltype(w)::value;
-          A v[W];
-          load_acc<W>(src, i, v);
-#pragma unroll
-          for (int k = 0; k < W; ++k) {
-            e += static_cast<double>(v[k]) * static_cast<double>(v[k]);
-          }
+        for_row_values(src, head, D, vec, rank, kTeam, [&](A v) {
+          e += static_cast<double>(v) * static_cast<double>(v);
         });
         ss = team_sum<kTeam>(e, shared_exact);
       }
@@ -185,16 +194,10 @@ __global__ void __launch_bounds__(kBlockThreads)
       // Pass 2: centered sums, corrected (Chan, Golub and LeVeque): mean += c / D, M2 -= c^2 / D.
       const A m0 = acc / static_cast<A>(D);
       A q = 0, c = 0;
-      for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
-        constexpr int W = decltype(w)::value;
-        A v[W];
-        load_acc<W>(src, i, v);
-#pragma unroll
-        for (int k = 0; k < W; ++k) {
-          const A d = v[k] - m0;
-          q += d * d;
-          c += d;
-        }
+      for_row_values(src, head, D, vec, rank, kTeam, [&](A v) {
+        const A d = v - m0;
+        q += d * d;
+        c += d;
       });
       q = team_sum<kTeam>(q, shared);
       c = team_sum<kTeam>(c, shared);
@@ -203,26 +206,14 @@ __global__ void __launch_bounds__(kBlockThreads)
       if (welford_overflowed(st)) {
         // |x| near the fp32 limit: exact statistics in double (inf / nan propagate)
         double e = 0;
-        for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
-          constexpr int W = decltype(w)::value;
-          A v[W];
-          load_acc<W>(src, i, v);
-#pragma unroll
-          for (int k = 0; k < W; ++k) {
-            e += static_cast<double>(v[k]);
-          }
+        for_row_values(src, head, D, vec, rank, kTeam, [&](A v) {
+          e += static_cast<double>(v);
         });
         const double em = team_sum<kTeam>(e, shared_exact) / D;
         double e2 = 0;
-        for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
-          constexpr int W = decltype(w)::value;
-          A v[W];
-          load_acc<W>(src, i, v);
-#pragma unroll
-          for (int k = 0; k < W; ++k) {
-            const double d = static_cast<double>(v[k]) - em;
-            e2 += d * d;
-          }
+        for_row_values(src, head, D, vec, rank, kTeam, [&](A v) {
+          const double d = static_cast<double>(v) - em;
+          e2 += d * d;
         });
         st = {em, team_sum<kTeam>(e2, shared_exact), D};
       }
