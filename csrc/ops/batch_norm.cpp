@@ -6,7 +6,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <c10/util/irange.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -65,21 +64,13 @@ void check_batch_norm_dtypes(const at::Tensor& input, std::initializer_list<at::
     }
     return;
   }
-  for (const at::Tensor& p : params) {
-    TORCH_CHECK(!p.defined() || p.scalar_type() == at::kFloat,
-                "mixed dtype (CPU): expect parameter to have scalar type of Float");
-  }
-  TORCH_CHECK(is_reduced_float(input.scalar_type()),
-              "mixed dtype (CPU): all inputs must share same datatype.");
+  check_mixed_param_dtypes(input, params);
 }
 
 BatchNormShape shape_of(const at::Tensor& input) {
   const int64_t N = input.size(0);
   const int64_t C = input.size(1);
-  int64_t HxW = 1;
-  for (const auto d : c10::irange(2, input.dim())) {
-    HxW *= input.size(d);
-  }
+  const int64_t HxW = spatial_size(input);
   const bool channels_last = keeps_channels_last(input);
   // NB: with one position per sample, contiguous NCHW is N rows of C channels: the channels-last
   // loops vectorize over C instead of running N * C one-element planes.

@@ -5,7 +5,6 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
-#include <c10/util/irange.h>
 #include <torch/library.h>
 
 #include "common/profiling.h"
@@ -42,10 +41,7 @@ void check_input(const at::Tensor& input, int64_t num_groups) {
 GroupNormShape shape_of(const at::Tensor& input, int64_t num_groups) {
   const int64_t N = input.size(0);
   const int64_t C = input.size(1);
-  int64_t HxW = 1;
-  for (const auto d : c10::irange(2, input.dim())) {
-    HxW *= input.size(d);
-  }
+  const int64_t HxW = spatial_size(input);
   const bool channels_last = keeps_channels_last(input);
   return {N, C, HxW, num_groups, channels_last};
 }

@@ -71,12 +71,7 @@ void check_layer_norm_dtypes(const at::Tensor& input, const at::Tensor& weight,
     return;
   }
   if (first.scalar_type() != input.scalar_type()) {
-    for (const at::Tensor* p : {&weight, &bias}) {
-      TORCH_CHECK(!p->defined() || p->scalar_type() == at::kFloat,
-                  "mixed dtype (CPU): expect parameter to have scalar type of Float");
-    }
-    TORCH_CHECK(is_reduced_float(input.scalar_type()),
-                "mixed dtype (CPU): all inputs must share same datatype.");
+    check_mixed_param_dtypes(input, {weight, bias});
     return;
   }
   TORCH_CHECK(!bias.defined() || bias.scalar_type() == input.scalar_type(),
