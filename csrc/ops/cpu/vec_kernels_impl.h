@@ -1065,6 +1065,23 @@ template <typename T>
 inline void dyt_prefetch(const T* p) {
   __builtin_prefetch(reinterpret_cast<const char*>(p) + kDytPrefetchBytes, 0, 3);
 }
+// The lines of two consecutive vectors (one line when they are 32 bytes each).
+template <typename T>
+inline void dyt_prefetch_pair(const T* p) {
+  dyt_prefetch(p);
+  if constexpr (sizeof(T) * kLanes<T> >= 64) {
+    dyt_prefetch(p + kLanes<T>);
+  }
+}
+
+// NB: the rows leaves take two vectors per step, in one basic block, and GCC's pre-register-
+// allocation scheduler (off by default on x86) interleaves their two tanh chains: the
+// out-of-order core then finds independent work next to every dependent op (~10% in cache).
+#if defined(__GNUC__) && !defined(__clang__)
+#define NORMEXT_DYT_SCHED __attribute__((optimize("schedule-insns", "sched-pressure")))
+#else
+#define NORMEXT_DYT_SCHED
+#endif
 
 template <typename T>
 void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> alpha, acc_type<T> w, acc_type<T> b) {
@@ -1080,17 +1097,33 @@ void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> alpha, acc_type<T> w, 
 }
 
 template <typename T>
-void dyt_forward_cl(const T* x, T* y, int64_t rows, int64_t width, int64_t ld,
-                    acc_type<T> alpha, const acc_type<T>* w_c, const acc_type<T>* b_c) {
+NORMEXT_DYT_SCHED void dyt_forward_cl(const T* x, T* y, int64_t rows, int64_t width, int64_t ld,
+                                      acc_type<T> alpha, const acc_type<T>* w_c,
+                                      const acc_type<T>* b_c) {
+  constexpr int L = kLanes<T>;
   const vacc<T> valpha = splat<T>(alpha);
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * ld;
     T* yr = y + r * ld;
-    for_channel_blocks<T>(width, [&](int64_t c, auto full) {
+    auto block = [&](int64_t c, auto full) {
       dyt_prefetch(xr + c);
       const vacc<T> t = vtanh(load_x(xr, c, width, full) * valpha, nullptr);
       store_x(yr, t * load_acc(w_c, c) + load_acc(b_c, c), c, width, full);
-    });
+    };
+    int64_t c = 0;
+    for (; c + 2 * L <= width; c += 2 * L) {
+      dyt_prefetch_pair<T>(xr + c);
+      const vacc<T> t0 = vtanh(Io<T>::load(xr + c) * valpha, nullptr);
+      const vacc<T> t1 = vtanh(Io<T>::load(xr + c + L) * valpha, nullptr);
+      Io<T>::store(yr + c, t0 * load_acc(w_c, c) + load_acc(b_c, c));
+      Io<T>::store(yr + c + L, t1 * load_acc(w_c, c + L) + load_acc(b_c, c + L));
+    }
+    for (; c + L <= width; c += L) {
+      block(c, std::true_type{});
+    }
+    if (c < width) {
+      block(c, std::false_type{});
+    }
   }
 }
 
@@ -1145,9 +1178,11 @@ void dyt_backward(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> alpha, 
 }
 
 template <typename T>
-void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t width, int64_t ld,
-                     acc_type<T> alpha, const acc_type<T>* w_c, acc_type<T>* sum_dyt_c,
-                     acc_type<T>* sum_dy_c, acc_type<T>* dalpha) {
+NORMEXT_DYT_SCHED void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t width,
+                                       int64_t ld, acc_type<T> alpha, const acc_type<T>* w_c,
+                                       acc_type<T>* sum_dyt_c, acc_type<T>* sum_dy_c,
+                                       acc_type<T>* dalpha) {
+  constexpr int L = kLanes<T>;
   std::memset(sum_dyt_c, 0, padded_channels(width) * sizeof(acc_type<T>));
   std::memset(sum_dy_c, 0, padded_channels(width) * sizeof(acc_type<T>));
   const vacc<T> valpha = splat<T>(alpha);
@@ -1160,21 +1195,44 @@ void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t width
     }
     const T* dyr = dy + r * ld;
     const T* xr = x + r * ld;
-    for_channel_blocks<T>(width, [&](int64_t c, auto full) {
-      dyt_prefetch(dyr + c);
-      dyt_prefetch(xr + c);
-      const vacc<T> g = load_x(dyr, c, width, full);
-      const vacc<T> xv = load_x(xr, c, width, full);
+    // gradient at u = alpha * x of the block at c; the sums in channel order
+    auto grad_u = [&](vacc<T> g, vacc<T> xv, int64_t c) {
       vacc<T> sech2;
       const vacc<T> t = vtanh(xv * valpha, &sech2);
       store_acc(sum_dyt_c, load_acc(sum_dyt_c, c) + g * t, c);
       store_acc(sum_dy_c, load_acc(sum_dy_c, c) + g, c);
-      const vacc<T> gu = g * load_acc(w_c, c) * sech2;
+      return g * load_acc(w_c, c) * sech2;
+    };
+    auto block = [&](int64_t c, auto full) {
+      dyt_prefetch(dyr + c);
+      dyt_prefetch(xr + c);
+      const vacc<T> xv = load_x(xr, c, width, full);
+      const vacc<T> gu = grad_u(load_x(dyr, c, width, full), xv, c);
       s_da += gu * xv;
       if (dx != nullptr) {
         store_x(dx + r * ld, gu * valpha, c, width, full);
       }
-    });
+    };
+    int64_t c = 0;
+    for (; c + 2 * L <= width; c += 2 * L) {
+      dyt_prefetch_pair<T>(dyr + c);
+      dyt_prefetch_pair<T>(xr + c);
+      const vacc<T> x0 = Io<T>::load(xr + c), x1 = Io<T>::load(xr + c + L);
+      const vacc<T> gu0 = grad_u(Io<T>::load(dyr + c), x0, c);
+      const vacc<T> gu1 = grad_u(Io<T>::load(dyr + c + L), x1, c + L);
+      s_da += gu0 * x0;
+      s_da += gu1 * x1;
+      if (dx != nullptr) {
+        Io<T>::store(dx + r * ld + c, gu0 * valpha);
+        Io<T>::store(dx + r * ld + c + L, gu1 * valpha);
+      }
+    }
+    for (; c + L <= width; c += L) {
+      block(c, std::true_type{});
+    }
+    if (c < width) {
+      block(c, std::false_type{});
+    }
   }
   *dalpha = static_cast<acc_type<T>>(t_da + reduce_lanes(s_da));
 }
