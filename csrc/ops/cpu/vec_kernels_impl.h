@@ -1084,10 +1084,18 @@ inline void dyt_prefetch_pair(const T* p) {
 #endif
 
 template <typename T>
-void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> alpha, acc_type<T> w, acc_type<T> b) {
+NORMEXT_DYT_SCHED void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> alpha, acc_type<T> w,
+                                   acc_type<T> b) {
   constexpr int L = kLanes<T>;
   const vacc<T> valpha = splat<T>(alpha), vw = splat<T>(w), vb = splat<T>(b);
   int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    dyt_prefetch_pair<T>(x + i);
+    const vacc<T> t0 = vtanh(Io<T>::load(x + i) * valpha, nullptr);
+    const vacc<T> t1 = vtanh(Io<T>::load(x + i + L) * valpha, nullptr);
+    Io<T>::store(y + i, t0 * vw + vb);
+    Io<T>::store(y + i + L, t1 * vw + vb);
+  }
   for (; i + L <= n; i += L) {
     Io<T>::store(y + i, vtanh(Io<T>::load(x + i) * valpha, nullptr) * vw + vb);
   }
@@ -1160,6 +1168,8 @@ void dyt_backward(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> alpha, 
   };
   int64_t i = 0;
   for (; i + L <= n; i += L) {
+    dyt_prefetch(dy + i);
+    dyt_prefetch(x + i);
     const vacc<T> d = step(Io<T>::load(dy + i), Io<T>::load(x + i));
     if (dx != nullptr) {
       Io<T>::store(dx + i, d);
