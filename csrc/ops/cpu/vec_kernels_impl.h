@@ -839,8 +839,10 @@ inline vfloat vexp(vfloat y) {
 
 // tanh(x) and, when sech2 is not null, 1 - tanh(x)^2, for fp32 lanes.
 // |x| < 0.625: x + x^3 P(x^2), P a degree-4 minimax fit (relative error below 1e-8).
-// Otherwise 1 - q with q = 2 / (exp(2|x|) + 1); max error over every fp32 input 1.07 ulp with FMA (AVX-512, AVX2), 1.08 without (torch's Sleef tanh: 0.57); 1 - tanh^2 = q (2 - q) has no cancellation, so
-// the backward keeps full relative precision where tanh saturates (1 - t*t would lose it).
+// Otherwise 1 - q with q = 2 / (exp(2|x|) + 1). Max error over every fp32 input: 1.07 ulp with
+// FMA (AVX-512, AVX2), 1.10 without (torch's Sleef tanh: 0.57). 1 - tanh^2 = q (2 - q) has no
+// cancellation, so the backward keeps full relative precision where tanh saturates (1 - t*t
+// would lose it).
 //
 // NB: both branches are evaluated for every lane (DyT inputs mix them within a vector), so the
 // exp branch is kept lean: |x| is clamped to 44 (exp(88) + 1 is finite; beyond it tanh is 1 and
