@@ -173,17 +173,21 @@ def check_row_norm_args(input, normalized_shape, weight, bias, rms: bool) -> Non
         )
 
 
+def _check_like_input(name, t, input) -> None:
+    """`t` (grad_out, residual) must have the input's shape and dtype, as the C++ ops check."""
+    if t.shape != input.shape:
+        raise RuntimeError(
+            f"Expected {name} of shape {list(input.shape)} (the input's), but got {list(t.shape)}"
+        )
+    if t.dtype != input.dtype:
+        raise RuntimeError(
+            f"Expected {name} of dtype {_scalar_type_name(input.dtype)} (the input's), but got "
+            f"{_scalar_type_name(t.dtype)}"
+        )
+
+
 def _check_residual(input, residual) -> None:
-    if residual.shape != input.shape:
-        raise RuntimeError(
-            f"Expected residual of shape {list(input.shape)} (the input's), but got "
-            f"{list(residual.shape)}"
-        )
-    if residual.dtype != input.dtype:
-        raise RuntimeError(
-            f"Expected residual of dtype {_scalar_type_name(input.dtype)} (the input's), but got "
-            f"{_scalar_type_name(residual.dtype)}"
-        )
+    _check_like_input("residual", residual, input)
     if residual.device != input.device:
         raise RuntimeError(
             f"Tensor on device {residual.device} is not on the expected device {input.device}!"
@@ -217,16 +221,7 @@ def _row_norm_forward_fake(input, residual, normalized_shape, weight, bias, rms)
 
 def _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, rms, mask, stats):
     check_row_norm_args(input, normalized_shape, weight, bias, rms)
-    if grad_out.shape != input.shape:
-        raise RuntimeError(
-            f"Expected grad_out of shape {list(input.shape)} (the input's), but got "
-            f"{list(grad_out.shape)}"
-        )
-    if grad_out.dtype != input.dtype:
-        raise RuntimeError(
-            f"Expected grad_out of dtype {_scalar_type_name(input.dtype)} (the input's), but got "
-            f"{_scalar_type_name(grad_out.dtype)}"
-        )
+    _check_like_input("grad_out", grad_out, input)
     rows = _prod(input.shape[: input.dim() - len(normalized_shape)])
     for stat in stats:
         if stat.numel() != rows or stat.dtype != acc_dtype(input.dtype):

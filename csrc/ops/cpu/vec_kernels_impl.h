@@ -374,21 +374,28 @@ void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>
   *db_out = reduce_lanes(db0 + db1);
 }
 
-template <typename T>
-void grad_input(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
-                acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
+// dx = a * dy + b * ((x - mean) * rstd) + c; dy stored as T, or as acc_t (grad_input_from_g).
+template <typename T, typename G>
+void grad_input_impl(const G* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
+                     acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
   constexpr int L = kLanes<T>;
   const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
                 vb = splat<T>(b), vc = splat<T>(c);
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
-    Io<T>::store(dx + i, va * Io<T>::load(dy + i) + vb * xhat + vc);
+    Io<T>::store(dx + i, va * Io<G>::load(dy + i) + vb * xhat + vc);
   }
   if (i < n) {
     const vacc<T> xhat = (load_n(x + i, n - i) - vmean) * vrstd;
     store_n(dx + i, va * load_n(dy + i, n - i) + vb * xhat + vc, n - i);
   }
+}
+
+template <typename T>
+void grad_input(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
+                acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
+  grad_input_impl<T, T>(dy, x, dx, n, a, mean, rstd, b, c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1387,19 +1394,7 @@ void grad_input_act_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
 template <typename T>
 void grad_input_from_g(const acc_type<T>* g, const T* x, T* dx, int64_t n, acc_type<T> a,
                        acc_type<T> mean, acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
-  using A = acc_type<T>;
-  constexpr int L = kLanes<T>;
-  const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
-                vb = splat<T>(b), vc = splat<T>(c);
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
-    Io<T>::store(dx + i, va * Io<A>::load(g + i) + vb * xhat + vc);
-  }
-  if (i < n) {
-    const vacc<T> xhat = (load_n(x + i, n - i) - vmean) * vrstd;
-    store_n(dx + i, va * load_n(g + i, n - i) + vb * xhat + vc, n - i);
-  }
+  grad_input_impl<T, acc_type<T>>(g, x, dx, n, a, mean, rstd, b, c);
 }
 
 // s = x + r, rounded to T, over n contiguous values (the residual add of add_group_norm).

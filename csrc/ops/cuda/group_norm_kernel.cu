@@ -659,6 +659,18 @@ __global__ void __launch_bounds__(kBlockThreads) apply_kernel(Op op, ApplyPlan p
   }
 }
 
+// The apply pass of a plan's layout (forward output, dx, or the activation gradient).
+template <typename Op>
+void launch_apply(const GroupNormPlan& plan, const Op& op, cudaStream_t stream) {
+  if (plan.channels_last) {
+    apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
+                                                                               plan.C);
+  } else {
+    apply_kernel<false><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
+                                                                                plan.C);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward finalize
 
@@ -769,13 +781,7 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
       a.eps, static_cast<acc_t*>(a.mean), static_cast<acc_t*>(a.rstd), coeffs);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
   const ForwardApply<T> op{x, static_cast<T*>(a.y), coeffs, plan.N * plan.C, a.activation};
-  if (plan.channels_last) {
-    apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
-                                                                               plan.C);
-  } else {
-    apply_kernel<false><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
-                                                                                plan.C);
-  }
+  launch_apply(plan, op, stream);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
   return cudaSuccess;
 }
@@ -819,13 +825,7 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
             plan, sums, mean, rstd, gamma, coeffs);
     NORMEXT_RETURN_IF_LAUNCH_FAILED();
     const BackwardApply<T> op{dy, x, static_cast<T*>(a.dx), coeffs, plan.N * plan.C};
-    if (plan.channels_last) {
-      apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
-                                                                                 plan.C);
-    } else {
-      apply_kernel<false><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
-                                                                                  plan.C);
-    }
+    launch_apply(plan, op, stream);
     NORMEXT_RETURN_IF_LAUNCH_FAILED();
   }
   return cudaSuccess;
@@ -837,13 +837,7 @@ cudaError_t act_grad(const GroupNormPlan& plan, const ActGradArgs& a, cudaStream
   const ActGradApply<T> op{static_cast<const T*>(a.dy), static_cast<const T*>(a.x),
                            static_cast<T*>(a.g), static_cast<const acc_t*>(a.coeffs),
                            plan.N * plan.C, a.activation};
-  if (plan.channels_last) {
-    apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
-                                                                               plan.C);
-  } else {
-    apply_kernel<false><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
-                                                                                plan.C);
-  }
+  launch_apply(plan, op, stream);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
   return cudaSuccess;
 }
