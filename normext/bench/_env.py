@@ -43,7 +43,8 @@ def ensure_tcmalloc():
     TCMALLOC_RELEASE_RATE=0 makes it keep all of them (unless the caller set it).
     """
     if _tcmalloc_loaded():
-        return "tcmalloc (preloaded)"
+        rate = os.environ.get("TCMALLOC_RELEASE_RATE")
+        return "tcmalloc (preloaded" + ("" if rate is None else f", TCMALLOC_RELEASE_RATE={rate}") + ")"
     lib = _find_tcmalloc()
     if lib and not os.environ.get(_REEXEC_MARK):
         env = dict(os.environ)
