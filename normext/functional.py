@@ -5,6 +5,8 @@ import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
+from normext import _reference
+
 # NB: the resolved overload, not the packet: skips a lookup on every call.
 _group_norm_forward = torch.ops.normext.group_norm_forward.default
 
@@ -84,6 +86,10 @@ def group_norm(
     act = _check_group_norm_args(input, num_groups, activation)
     if inplace:
         _check_inplace_allowed(input, weight, bias)
+    if _reference.needed():
+        y = _reference.group_norm(input, num_groups, weight, bias, eps, act)
+        return input.copy_(y) if inplace else y
+    if inplace:
         _group_norm_inplace(input, weight, bias, num_groups, eps, act)
         return input
     return _group_norm_forward(input, weight, bias, num_groups, eps, act)[0]
@@ -121,6 +127,8 @@ def layer_norm(
             eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "layer_norm", 2)
+    if _reference.needed():
+        return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
     return _layer_norm_forward(input, shape, weight, bias, eps)[0]
 
 
@@ -137,9 +145,9 @@ def rms_norm(
             rms_norm, (input, weight), input, normalized_shape, weight=weight, eps=eps
         )
     shape = _normalized_shape(normalized_shape, "rms_norm", 2)
-    if input.is_complex():
+    if input.is_complex() or _reference.needed():
         # torch's rms_norm also takes complex input; normext's kernels are real, so torch's own
-        # composite serves it.
+        # composite serves it (and the torch.func transforms, see _reference).
         return torch.rms_norm(input, shape, weight, eps)
     return _rms_norm_forward(input, shape, weight, eps)[0]
 
@@ -160,6 +168,8 @@ def add_layer_norm(
             weight=weight, bias=bias, eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "add_layer_norm", 3)
+    if _reference.needed():
+        return _reference.add_layer_norm(input, residual, shape, weight, bias, eps)
     y, summed, _, _ = _add_layer_norm_forward(input, residual, shape, weight, bias, eps)
     return y, summed
 
@@ -178,6 +188,8 @@ def add_rms_norm(
             weight=weight, eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "add_rms_norm", 3)
+    if _reference.needed():
+        return _reference.add_rms_norm(input, residual, shape, weight, eps)
     y, summed, _ = _add_rms_norm_forward(input, residual, shape, weight, eps)
     return y, summed
 
@@ -205,6 +217,9 @@ def batch_norm(
             batch_norm, (input, running_mean, running_var, weight, bias), input, running_mean,
             running_var, weight=weight, bias=bias, training=training, momentum=momentum, eps=eps,
         )
+    if _reference.needed():
+        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
+                                              training, momentum, eps)
     if training:
         _verify_batch_size(input.size())
     return _batch_norm_forward(input, weight, bias, running_mean, running_var, training,
@@ -244,6 +259,9 @@ def instance_norm(
             running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
             use_input_stats=use_input_stats, momentum=momentum, eps=eps,
         )
+    if _reference.needed():
+        return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
+                                                 use_input_stats, momentum, eps)
     if use_input_stats:
         _verify_spatial_size(input.size())
     if not use_input_stats and (running_mean is None or running_var is None):
@@ -314,6 +332,8 @@ def add_group_norm(
             weight=weight, bias=bias, eps=eps, activation=activation,
         )
     act = _check_group_norm_args(input, num_groups, activation)
+    if _reference.needed():
+        return _reference.add_group_norm(input, residual, num_groups, weight, bias, eps, act)
     out, summed, _, _ = _add_group_norm_forward(input, residual, weight, bias, num_groups, eps, act)
     return out, summed
 
@@ -342,4 +362,6 @@ def dyt(
             dyt, (input, alpha, weight, bias), input, alpha, weight=weight, bias=bias,
             channels_last=channels_last,
         )
+    if _reference.needed():
+        return _reference.dyt(input, alpha, weight, bias, channels_last)
     return _dyt_forward(input, alpha, weight, bias, channels_last)
