@@ -46,6 +46,19 @@ def _check_inplace_allowed(*tensors) -> None:
         )
 
 
+def _check_group_norm_args(input: Tensor, num_groups: int, activation: Optional[str]) -> int:
+    """F.group_norm's checks of the input, with its messages; returns the activation's code."""
+    act = activation_code(activation)
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
+        )
+    _verify_batch_size(
+        [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
+    )
+    return act
+
+
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -68,14 +81,7 @@ def group_norm(
             group_norm, (input, weight, bias), input, num_groups, weight=weight, bias=bias, eps=eps,
             activation=activation, inplace=inplace,
         )
-    act = activation_code(activation)
-    if input.dim() < 2:
-        raise RuntimeError(
-            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
-        )
-    _verify_batch_size(
-        [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
-    )
+    act = _check_group_norm_args(input, num_groups, activation)
     if inplace:
         _check_inplace_allowed(input, weight, bias)
         _group_norm_inplace(input, weight, bias, num_groups, eps, act)
@@ -307,14 +313,7 @@ def add_group_norm(
             add_group_norm, (input, residual, weight, bias), input, residual, num_groups,
             weight=weight, bias=bias, eps=eps, activation=activation,
         )
-    act = activation_code(activation)
-    if input.dim() < 2:
-        raise RuntimeError(
-            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
-        )
-    _verify_batch_size(
-        [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
-    )
+    act = _check_group_norm_args(input, num_groups, activation)
     out, summed, _, _ = _add_group_norm_forward(input, residual, weight, bias, num_groups, eps, act)
     return out, summed
 
