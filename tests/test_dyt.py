@@ -12,15 +12,7 @@ from torch import nn
 
 import normext
 import normext.functional
-from conftest import (
-    DTYPES,
-    assert_close_to_ref,
-    assert_same_error,
-    cuda_sync,
-    dtype_id,
-    make_input,
-    max_abs_err,
-)
+from conftest import DTYPES, assert_close_to_ref, assert_same_error, cuda_sync, dtype_id, make_input, max_abs_err
 
 
 class DynamicTanh(nn.Module):

@@ -13,17 +13,8 @@ from torch import nn
 
 import normext
 import normext.functional as NF
-from conftest import (
-    DTYPES,
-    assert_close_to_ref,
-    assert_same_error,
-    cuda_sync,
-    dtype_id,
-    make_input,
-    make_param,
-    run_with_cpu_capability,
-    to_layout,
-)
+from conftest import (DTYPES, assert_close_to_ref, assert_same_error, cuda_sync, dtype_id, make_input,
+                      make_param, run_with_cpu_capability, to_layout)
 
 ACTIVATIONS = {
     "silu": F.silu,

@@ -14,20 +14,9 @@ import torch.nn.functional as F
 
 import normext
 import normext.functional as NF
-from conftest import (
-    DTYPES,
-    LOW_PRECISION,
-    assert_close_to_ref,
-    assert_module_matches_torch,
-    assert_same_error,
-    assert_sample_grads_close,
-    cuda_sync,
-    dtype_id,
-    make_param,
-    max_abs_err,
-    run_with_cpu_capability,
-    to_layout,
-)
+from conftest import (DTYPES, LOW_PRECISION, assert_close_to_ref, assert_module_matches_torch,
+                      assert_same_error, assert_sample_grads_close, cuda_sync, dtype_id, make_param,
+                      max_abs_err, run_with_cpu_capability, to_layout)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 
