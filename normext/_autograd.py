@@ -63,6 +63,30 @@ def group_norm_backward_math(grad_y, input, mean, rstd, weight, num_groups, bias
     return dx, dweight, dbias
 
 
+# ---- Backward of the backward ops: autograd through their composites ---------------------------
+
+
+def _detached_leaves(saved, needs):
+    """Fresh autograd leaves of the saved tensors, requiring grad where the op's input needs it."""
+    return [t.detach().requires_grad_(need) if t is not None else None
+            for t, need in zip(saved, needs)]
+
+
+def _leaf_grads(leaves, outs, grads, output_mask):
+    """Gradients, through the composite's outputs outs, of the leaves that require grad (None for
+    the others), given the gradients grads of the backward op's outputs."""
+    # Masked-out (empty) outputs carry no gradient. The others are matched by numel and viewed in
+    # the composite's shape (dyt's parameter gradients; a no-op for the other ops).
+    pairs = [(o, g) for o, g, m in zip(outs, grads, output_mask)
+             if m and o is not None and g is not None and g.numel() == o.numel()]
+    inputs = [t for t in leaves if t is not None and t.requires_grad]
+    result = iter(torch.autograd.grad([o for o, _ in pairs], inputs,
+                                      [g.reshape(o.shape) for o, g in pairs],
+                                      allow_unused=True, materialize_grads=True)
+                  if pairs and inputs else [])
+    return [next(result) if t is not None and t.requires_grad else None for t in leaves]
+
+
 # ---- group_norm_forward ------------------------------------------------------------------------
 
 
@@ -98,21 +122,22 @@ def _grad_from_group_norm(ctx, grad_y, input, weight, bias, mean, rstd, need):
     )
 
 
-def _group_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
+def _group_norm_grads(ctx, grad_y, needs):
+    """(dx, dweight, dbias) of the saved group_norm forward (add_group_norm's saves summed as its
+    input), None where not needed or where there is no such parameter."""
     input, weight, bias, mean, rstd = ctx.saved_tensors
-    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    need_input, need_weight, need_bias = needs
     need_weight = need_weight and weight is not None
     need_bias = need_bias and ctx.bias_dtype is not None
     dx, dweight, dbias = _grad_from_group_norm(ctx, grad_y, input, weight, bias, mean, rstd,
                                                (need_input, need_weight, need_bias))
-    return (
-        dx if need_input else None,
-        dweight if need_weight else None,
-        dbias.to(ctx.bias_dtype) if need_bias else None,
-        None,
-        None,
-        None,
-    )
+    return (dx if need_input else None, dweight if need_weight else None,
+            dbias.to(ctx.bias_dtype) if need_bias else None)
+
+
+def _group_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
+    dx, dweight, dbias = _group_norm_grads(ctx, grad_y, ctx.needs_input_grad[:3])
+    return dx, dweight, dbias, None, None, None
 
 
 torch.library.register_autograd(
@@ -139,17 +164,9 @@ def _group_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     saved = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:5]) + [len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7]]
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(need) if t is not None else None
-                  for t, need in zip(saved, needs)]
+        leaves = _detached_leaves(saved, needs)
         outs = group_norm_backward_math(*leaves[:5], ctx.num_groups, leaves[5], ctx.activation)
-        # Masked-out (empty) outputs carry no gradient.
-        pairs = [(o, g) for o, g, m in zip(outs, (grad_dx, grad_dweight, grad_dbias), ctx.output_mask)
-                 if m and g is not None and g.numel() == o.numel()]
-        inputs = [t for t in leaves if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
-                                         allow_unused=True, materialize_grads=True)
-                     if pairs and inputs else [])
-    result = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
+        result = _leaf_grads(leaves, outs, (grad_dx, grad_dweight, grad_dbias), ctx.output_mask)
     return (*result[:5], None, None, result[5], None)
 
 
@@ -341,18 +358,11 @@ torch.library.register_autograd(
 
 def _row_norm_backward_backward(ctx, saved, needs, grads, rms):
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(need) if t is not None else None
-                  for t, need in zip(saved, needs)]
+        leaves = _detached_leaves(saved, needs)
         grad_y, input, mean, rstd, weight = leaves
         outs = row_norm_backward_math(grad_y, input, ctx.normalized_shape, None if rms else mean,
                                       rstd, weight, ctx.bias_dtype)
-        pairs = [(o, g) for o, g, m in zip(outs, grads, ctx.output_mask)
-                 if m and o is not None and g is not None and g.numel() == o.numel()]
-        inputs = [t for t in leaves if t is not None and t.requires_grad]
-        result = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
-                                          allow_unused=True, materialize_grads=True)
-                      if pairs and inputs else [])
-    return [next(result) if t is not None and t.requires_grad else None for t in leaves]
+        return _leaf_grads(leaves, outs, grads, ctx.output_mask)
 
 
 def _layer_norm_backward_setup_context(ctx, inputs, output):
@@ -508,18 +518,11 @@ def _batch_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     saved = ctx.saved_tensors
     needs = ctx.needs_input_grad[:7]
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(need) if t is not None else None
-                  for t, need in zip(saved, needs)]
+        leaves = _detached_leaves(saved, needs)
         grad_out, input, weight, rm, rv, sm, si = leaves
         mean, invstd = _bn_statistics(input, rm, rv, sm, si, ctx.train, ctx.eps)
         outs = batch_norm_backward_math(grad_out, input, weight, mean, invstd, ctx.train)
-        pairs = [(o, g) for o, g, m in zip(outs, (grad_dx, grad_dweight, grad_dbias), ctx.output_mask)
-                 if m and g is not None and g.numel() == o.numel()]
-        inputs = [t for t in leaves if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs],
-                                         allow_unused=True, materialize_grads=True)
-                     if pairs and inputs else [])
-    result = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
+        result = _leaf_grads(leaves, outs, (grad_dx, grad_dweight, grad_dbias), ctx.output_mask)
     return (*result, None, None, None)
 
 
@@ -546,24 +549,13 @@ def _add_group_norm_setup_context(ctx, inputs, output):
 
 
 def _add_group_norm_backward(ctx, grad_y, grad_summed, grad_mean, grad_rstd):
-    summed, weight, bias, mean, rstd = ctx.saved_tensors
     need_input, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
     need_x = need_input or need_residual
-    need_weight = need_weight and weight is not None
-    need_bias = need_bias and ctx.bias_dtype is not None
-    dx, dweight, dbias = _grad_from_group_norm(ctx, grad_y, summed, weight, bias, mean, rstd,
-                                               (need_x, need_weight, need_bias))
+    dx, dweight, dbias = _group_norm_grads(ctx, grad_y, (need_x, need_weight, need_bias))
     if need_x and grad_summed is not None:
         dx = dx + grad_summed
-    return (
-        dx if need_input else None,
-        dx if need_residual else None,
-        dweight if need_weight else None,
-        dbias.to(ctx.bias_dtype) if need_bias else None,
-        None,
-        None,
-        None,
-    )
+    return (dx if need_input else None, dx if need_residual else None, dweight, dbias,
+            None, None, None)
 
 
 torch.library.register_autograd(
@@ -665,17 +657,9 @@ def _dyt_backward_backward(ctx, *grads):
     saved = ctx.saved_tensors
     needs = ctx.needs_input_grad[:4]
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(need) if t is not None else None
-                  for t, need in zip(saved, needs)]
+        leaves = _detached_leaves(saved, needs)
         outs = dyt_backward_math(*leaves, ctx.channels_last)
-        pairs = [(o, g) for o, g, m in zip(outs, grads, ctx.output_mask)
-                 if m and g is not None and g.numel() == o.numel()]
-        inputs = [t for t in leaves if t is not None and t.requires_grad]
-        result_grads = iter(torch.autograd.grad([o for o, _ in pairs], inputs,
-                                                [g.reshape(o.shape) for o, g in pairs],
-                                                allow_unused=True, materialize_grads=True)
-                            if pairs and inputs else [])
-    result = [next(result_grads) if t is not None and t.requires_grad else None for t in leaves]
+        result = _leaf_grads(leaves, outs, grads, ctx.output_mask)
     return (*result, None, None)
 
 

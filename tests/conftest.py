@@ -4,6 +4,10 @@ Every test that takes the ``device`` fixture runs on CPU and, when a GPU is pres
 (the CUDA parameter is reported as skipped on machines without one).
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -11,6 +15,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import normext  # noqa: F401  (loads the compiled library and registers the ops)
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Every dtype the kernels take, and the reduced-precision ones among them.
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def dtype_id(d):
+    """A dtype's name in test ids: float32 for torch.float32."""
+    return str(d).replace("torch.", "")
 
 DEVICE_PARAMS = [
     "cpu",
@@ -158,6 +171,39 @@ def assert_same_error(fn_ours, fn_torch, match_message=True):
         theirs = str(torch_exc.value)
         assert ours == theirs, f"message differs:\n normext: {ours!r}\n torch:   {theirs!r}"
     return our_exc.value, torch_exc.value
+
+
+def assert_module_matches_torch(ours, theirs, x_ours, x_theirs, grad_out):
+    """Output, input gradient and parameter gradients of module ``ours`` match torch's ``theirs``
+    (float32 tolerances) for equal inputs; returns ours' output."""
+    y_o, y_t = ours(x_ours), theirs(x_theirs)
+    torch.testing.assert_close(y_o, y_t, rtol=1e-5, atol=1e-5)
+    y_o.backward(grad_out)
+    y_t.backward(grad_out)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-5, atol=1e-5)
+    for (n, p_t), (_, p_o) in zip(theirs.named_parameters(), ours.named_parameters()):
+        torch.testing.assert_close(p_o.grad, p_t.grad, rtol=1e-4, atol=1e-5, msg=n)
+    return y_o
+
+
+def assert_sample_grads_close(out, ref, sample, tol):
+    """Gradients of ``out`` (normext's) and ``ref`` (torch's result on the same OpInfo sample) agree
+    w.r.t. the sample's input and every tensor argument that requires grad."""
+    inputs = [sample.input] + [a for a in list(sample.args) + list(sample.kwargs.values())
+                               if isinstance(a, torch.Tensor) and a.requires_grad]
+    go = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, inputs, go), torch.autograd.grad(ref, inputs, go)):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def run_with_cpu_capability(script, capability):
+    """stdout of ``python -c script`` in a subprocess whose CPU kernels are capped at ``capability``
+    (the table is chosen once per process); asserts that it succeeded."""
+    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 @pytest.fixture

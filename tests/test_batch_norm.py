@@ -15,21 +15,17 @@ from torch import nn
 import normext
 import normext.functional
 from conftest import (
+    DTYPES,
     assert_close_to_ref,
     assert_same_error,
+    dtype_id,
     layout_applies,
     make_input,
     make_param,
     to_layout,
 )
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-LOW = (torch.bfloat16, torch.float16)
 ops = torch.ops.normext
-
-
-def dtype_id(d):
-    return str(d).replace("torch.", "")
 
 
 SHAPES = [

@@ -3,12 +3,10 @@
 The library picks the best table for the CPU at load time; NORMEXT_CPU_CAPABILITY caps the choice,
 so each table is exercised in its own subprocess (the choice is made once per process).
 """
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+
+from conftest import run_with_cpu_capability
 
 CAPABILITIES = ["default", "avx2", "avx512", "avx512_bf16"]
 
@@ -40,11 +38,7 @@ TOLERANCE = {"torch.float16": 8e-3, "torch.bfloat16": 6e-2, "torch.float32": 4e-
 
 @pytest.mark.parametrize("capability", CAPABILITIES)
 def test_every_cpu_table_matches_reference(capability):
-    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.split("\n")
+    lines = run_with_cpu_capability(SCRIPT, capability).split("\n")
     rows = [line.split() for line in lines if line.startswith("torch.")]
     assert len(rows) == 8
     for dtype, cl, err, nan_match, grad_finite in rows:

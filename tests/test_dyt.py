@@ -12,13 +12,7 @@ from torch import nn
 
 import normext
 import normext.functional
-from conftest import assert_close_to_ref, assert_same_error, cuda_sync, make_input, max_abs_err
-
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-
-def dtype_id(d):
-    return str(d).replace("torch.", "")
+from conftest import DTYPES, assert_close_to_ref, assert_same_error, cuda_sync, dtype_id, make_input, max_abs_err
 
 
 class DynamicTanh(nn.Module):

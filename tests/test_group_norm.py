@@ -15,24 +15,21 @@ import torch.nn.functional as F
 import normext
 import normext.functional
 from conftest import (
+    DTYPES,
+    LOW_PRECISION,
     OpRecorder,
     LAYOUTS,
     assert_close_to_ref,
+    assert_module_matches_torch,
     assert_same_error,
     cuda_sync,
+    dtype_id,
     layout_applies,
     make_input,
     make_param,
     max_abs_err,
     to_layout,
 )
-
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def dtype_id(d):
-    return str(d).replace("torch.", "")
 
 
 def stats_dtype(dtype):
@@ -871,14 +868,8 @@ def test_module_matches_torch_module(device, kwargs):
     x = make_input((2, 16, 5, 6), torch.float32, device, "channels_last", requires_grad=True)
     x2 = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
     go = torch.randn(2, 16, 5, 6, device=device)
-    y_o, y_t = nm(x), tm(x2)
+    y_o = assert_module_matches_torch(nm, tm, x, x2, go)
     assert y_o.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y_o, y_t, rtol=1e-5, atol=1e-5)
-    y_o.backward(go)
-    y_t.backward(go)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for (n, p_t), (_, p_o) in zip(tm.named_parameters(), nm.named_parameters()):
-        torch.testing.assert_close(p_o.grad, p_t.grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=dtype_id)

@@ -13,7 +13,8 @@ from torch import nn
 
 import normext
 import normext.functional as NF
-from conftest import assert_close_to_ref, assert_same_error, cuda_sync, make_input, make_param, to_layout
+from conftest import (DTYPES, assert_close_to_ref, assert_same_error, cuda_sync, dtype_id, make_input,
+                      make_param, run_with_cpu_capability, to_layout)
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -21,11 +22,6 @@ ACTIVATIONS = {
     "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
     "relu": F.relu,
 }
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-
-def dtype_id(d):
-    return str(d).replace("torch.", "")
 
 
 def torch_fused(x, g, w, b, act, eps=1e-5):
@@ -475,15 +471,8 @@ print("dyt", "tanh", 0, (y.double() - ref).abs().max().item(),
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512", "avx512_bf16"])
 def test_every_cpu_table(capability):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
-    out = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("gn", "dyt"))]
+    stdout = run_with_cpu_capability(ISA_SCRIPT, capability)
+    rows = [line.split() for line in stdout.splitlines() if line.startswith(("gn", "dyt"))]
     assert len(rows) == 9
     for kind, name, cl, err, grad_err in rows:
         # fp32: a few ulps of outputs of magnitude ~10 (GN) or 1 (DyT); dyt's dx relative to sech^2

@@ -11,11 +11,7 @@ from torch import nn
 
 import normext
 import normext.functional
-from conftest import OpRecorder, assert_close_to_ref, assert_same_error, layout_applies, make_input, make_param
-
-
-def dtype_id(d):
-    return str(d).replace("torch.", "")
+from conftest import OpRecorder, assert_close_to_ref, assert_same_error, dtype_id, layout_applies, make_input, make_param
 
 
 def run_in(fn, x, rm, rv, w, b, use_input_stats, grad, momentum=0.1, eps=1e-5):

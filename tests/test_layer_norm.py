@@ -14,17 +14,13 @@ import torch.nn.functional as F
 
 import normext
 import normext.functional as NF
-from conftest import assert_close_to_ref, assert_same_error, cuda_sync, make_param, max_abs_err, to_layout
+from conftest import (DTYPES, LOW_PRECISION, assert_close_to_ref, assert_module_matches_torch,
+                      assert_same_error, assert_sample_grads_close, cuda_sync, dtype_id, make_param,
+                      max_abs_err, run_with_cpu_capability, to_layout)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-LOW_PRECISION = (torch.bfloat16, torch.float16)
 KINDS = ["layer", "rms"]
-
-
-def dtype_id(d):
-    return str(d).replace("torch.", "")
 
 
 def ours(kind):
@@ -603,13 +599,7 @@ def test_module_matches_torch_module(device, kind, kwargs):
     x = make_x((2, 5, 3, 8), torch.float32, device, shift=0.2).requires_grad_(True)
     x2 = x.detach().clone().requires_grad_(True)
     go = torch.randn(2, 5, 3, 8, device=device)
-    y_o, y_t = om(x), tm(x2)
-    torch.testing.assert_close(y_o, y_t, rtol=1e-5, atol=1e-5)
-    y_o.backward(go)
-    y_t.backward(go)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for (n, p_t), (_, p_o) in zip(tm.named_parameters(), om.named_parameters()):
-        torch.testing.assert_close(p_o.grad, p_t.grad, rtol=1e-4, atol=1e-5, msg=n)
+    assert_module_matches_torch(om, tm, x, x2, go)
     # int normalized_shape, as torch's modules accept
     assert ocls(8).normalized_shape == (8,)
     buf = io.BytesIO()
@@ -748,11 +738,7 @@ def test_opinfo_samples(device, name, fn, dtype):
             continue
         torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype])
         if grad and sample.input.numel() > 0:
-            inputs = [sample.input] + [a for a in list(sample.args) + list(sample.kwargs.values())
-                                       if isinstance(a, torch.Tensor) and a.requires_grad]
-            go = torch.randn_like(ref)
-            for a, b in zip(torch.autograd.grad(out, inputs, go), torch.autograd.grad(ref, inputs, go)):
-                torch.testing.assert_close(a, b, atol=10 * TOL[dtype], rtol=10 * TOL[dtype])
+            assert_sample_grads_close(out, ref, sample, 10 * TOL[dtype])
 
 
 @pytest.mark.parametrize("name,fn", [("nn.functional.layer_norm", NF.layer_norm),
@@ -839,14 +825,8 @@ _ISA_TOL = {"torch.float16": 1e-2, "torch.bfloat16": 8e-2, "torch.float32": 2e-5
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512", "avx512_bf16"])
 def test_every_cpu_table_matches_reference(capability):
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, NORMEXT_CPU_CAPABILITY=capability)
-    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = [line.split() for line in out.stdout.split("\n") if line.startswith("torch.")]
+    stdout = run_with_cpu_capability(_ISA_SCRIPT, capability)
+    rows = [line.split() for line in stdout.split("\n") if line.startswith("torch.")]
     assert len(rows) == 16
     for dtype, kind, D, err, sum_exact in rows:
         assert float(err) < _ISA_TOL[dtype], (capability, dtype, kind, D, err)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import normext
+from conftest import assert_sample_grads_close
 
 common_methods_invocations = pytest.importorskip(
     "torch.testing._internal.common_methods_invocations",
@@ -41,11 +42,7 @@ def test_opinfo_samples(device, dtype):
         torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype])
         assert out.stride() == ref.stride()
         if grad and sample.input.numel() > 0:
-            inputs = [sample.input] + [a for a in list(sample.args) + list(sample.kwargs.values())
-                                       if isinstance(a, torch.Tensor) and a.requires_grad]
-            go = torch.randn_like(ref)
-            for a, b in zip(torch.autograd.grad(out, inputs, go), torch.autograd.grad(ref, inputs, go)):
-                torch.testing.assert_close(a, b, atol=10 * TOL[dtype], rtol=10 * TOL[dtype])
+            assert_sample_grads_close(out, ref, sample, 10 * TOL[dtype])
 
 
 def test_opinfo_error_inputs(device):

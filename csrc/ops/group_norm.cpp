@@ -71,9 +71,12 @@ void check_activation(int64_t activation) {
 }
 
 // Checks shared by every forward; returns the shape the kernels see.
-GroupNormShape check_forward_args(const at::Tensor& input, const at::Tensor& weight,
-                                  const at::Tensor& bias, int64_t num_groups,
+GroupNormShape check_forward_args(const at::Tensor& input,
+                                  const std::optional<at::Tensor>& weight_opt,
+                                  const std::optional<at::Tensor>& bias_opt, int64_t num_groups,
                                   int64_t activation) {
+  const at::Tensor weight = weight_opt.value_or(at::Tensor());
+  const at::Tensor bias = bias_opt.value_or(at::Tensor());
   check_input(input, num_groups);
   check_param(input, weight, "weight", input.size(1));
   check_param(input, bias, "bias", input.size(1));
@@ -112,9 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_forward(
     const std::optional<at::Tensor>& bias, int64_t num_groups, double eps, int64_t activation,
     GroupNormForwardKernel kernel) {
   NORMEXT_RANGE("normext::group_norm_forward");
-  const GroupNormShape shape = check_forward_args(input, weight.value_or(at::Tensor()),
-                                                  bias.value_or(at::Tensor()), num_groups,
-                                                  activation);
+  const GroupNormShape shape = check_forward_args(input, weight, bias, num_groups, activation);
   const at::MemoryFormat format = memory_format_of(input, shape);
   const at::Tensor X = input.contiguous(format);
   at::Tensor Y = at::empty_like(X, X.options(), format);
@@ -130,9 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_group_norm_forwar
     const std::optional<at::Tensor>& bias, int64_t num_groups, double eps, int64_t activation,
     GroupNormForwardKernel kernel) {
   NORMEXT_RANGE("normext::add_group_norm_forward");
-  const GroupNormShape shape = check_forward_args(input, weight.value_or(at::Tensor()),
-                                                  bias.value_or(at::Tensor()), num_groups,
-                                                  activation);
+  const GroupNormShape shape = check_forward_args(input, weight, bias, num_groups, activation);
   TORCH_CHECK(residual.sizes() == input.sizes(), "add_group_norm: expected residual of shape ",
               input.sizes(), " (the input's), but got ", residual.sizes());
   TORCH_CHECK(residual.scalar_type() == input.scalar_type(),
@@ -155,9 +154,7 @@ void group_norm_inplace(const at::Tensor& input, const std::optional<at::Tensor>
                         const std::optional<at::Tensor>& bias, int64_t num_groups, double eps,
                         int64_t activation, GroupNormForwardKernel kernel) {
   NORMEXT_RANGE("normext::group_norm_inplace");
-  const GroupNormShape shape = check_forward_args(input, weight.value_or(at::Tensor()),
-                                                  bias.value_or(at::Tensor()), num_groups,
-                                                  activation);
+  const GroupNormShape shape = check_forward_args(input, weight, bias, num_groups, activation);
   at::assert_no_internal_overlap(input);
   const at::MemoryFormat format = memory_format_of(input, shape);
   // NB: the kernels read every element of a chunk before writing it, so Y may be X itself; other

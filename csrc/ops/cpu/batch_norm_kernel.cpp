@@ -3,9 +3,9 @@
 //
 // A channel's statistics are, by definition, the in-order Chan merge (in double) of fixed-size
 // chunk statistics: kChunkElems-element pieces of each (n, c) plane NCHW, blocks of
-// rows_per_block(C) rows channels-last (chunk_stats_cl with one channel per group). Tasks only
-// decide who computes a chunk, never how, so every result is bitwise identical for any thread
-// count. The gradient sums follow the same chunking, summed per channel in chunk order.
+// channels_last_chunk_rows(C) rows channels-last (chunk_stats_cl with one channel per group).
+// Tasks only decide who computes a chunk, never how, so every result is bitwise identical for any
+// thread count. The gradient sums follow the same chunking, summed per channel in chunk order.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -27,13 +27,6 @@ namespace {
 using cpu::VecKernels;
 
 constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
-// Channels-last blocks take at least this many rows, so the per-block partials (2 x C values)
-// stay a few percent of the block even for wide C.
-constexpr int64_t kMinBlockRows = 64;
-
-int64_t rows_per_block(int64_t C) {
-  return std::max(kMinBlockRows, ceil_div(kChunkElems, C));
-}
 
 // How a shape is cut: NCHW into `per_plane` chunks of each of the N * C planes, channels-last
 // into blocks of `block_rows` rows of the N * HxW rows.
@@ -41,7 +34,7 @@ struct Tiling {
   explicit Tiling(const BatchNormShape& s)
       : s(s),
         per_plane(s.channels_last ? 0 : ceil_div(s.HxW, kChunkElems)),
-        block_rows(s.channels_last ? rows_per_block(s.C) : 0),
+        block_rows(s.channels_last ? channels_last_chunk_rows(s.C) : 0),
         tasks(s.channels_last ? ceil_div(s.N * s.HxW, block_rows) : s.N * s.C * per_plane) {}
   const BatchNormShape& s;
   int64_t per_plane;

@@ -27,13 +27,6 @@ namespace {
 using cpu::VecKernels;
 
 constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
-// Channels-last chunks take at least this many positions, so that the per-chunk partial buffers
-// of the backward stay a few percent of the input even for C = 1280.
-constexpr int64_t kMinChunkRows = 64;
-
-int64_t channels_last_chunk_rows(int64_t C) {
-  return std::max(kMinChunkRows, ceil_div(kChunkElems, C));
-}
 
 // One task per group keeps a group in cache between its statistics and its apply pass; it needs
 // enough groups to keep every thread busy with little imbalance.

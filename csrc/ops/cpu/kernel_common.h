@@ -1,7 +1,9 @@
 // Helpers shared by the CPU kernels of the ops (csrc/ops/cpu/*_kernel.cpp): the storage type the
-// VecKernels table is instantiated for, task-count arithmetic and optional-tensor pointers.
+// VecKernels table is instantiated for, task-count arithmetic, the channels-last chunk size and
+// optional-tensor pointers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include <ATen/core/Tensor.h>
@@ -29,6 +31,14 @@ struct Storage<c10::Half> {
 
 inline int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
+}
+
+// Channels-last chunks (BatchNorm's blocks, GroupNorm's chunks) take at least this many rows, so
+// the per-chunk partials (two values per channel) stay a few percent of the chunk even for wide C.
+constexpr int64_t kMinChannelsLastChunkRows = 64;
+
+inline int64_t channels_last_chunk_rows(int64_t C) {
+  return std::max(kMinChannelsLastChunkRows, ceil_div(cpu::kMaxChunkElems, C));
 }
 
 // Data of an optional tensor, nullptr where it is undefined.
