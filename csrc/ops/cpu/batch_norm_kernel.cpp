@@ -175,7 +175,7 @@ void apply_impl(const BatchNormShape& s, const scalar_t* X, const at::opmath_typ
                 const at::opmath_type<scalar_t>* scale, const at::opmath_type<scalar_t>* shift,
                 scalar_t* Y) {
   using T = typename Storage<scalar_t>::type;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(2 * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const Tiling tiling(s);
@@ -283,7 +283,7 @@ void grad_input_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t
                      const at::opmath_type<scalar_t>* rstd, const at::opmath_type<scalar_t>* b,
                      const at::opmath_type<scalar_t>* kc, scalar_t* dX) {
   using T = typename Storage<scalar_t>::type;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(3 * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* dx = reinterpret_cast<T*>(dX);
@@ -329,7 +329,7 @@ void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
                         double* mean, double* m2, at::opmath_type<scalar_t>* invstd) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(2 * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const Tiling tiling(s);
@@ -379,7 +379,7 @@ void train_backward_impl(const BatchNormShape& s, const scalar_t* dY, const scal
                          scalar_t* dX) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(3 * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* dx = reinterpret_cast<T*>(dX);

@@ -46,7 +46,8 @@ void forward_impl(const DytShape& s, const scalar_t* X, scalar_t* Y, at::opmath_
                   const at::Tensor& gamma, const at::Tensor& beta) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(
+      cpu::stream_output(2 * s.rows * s.C * s.inner * static_cast<int64_t>(sizeof(T))));
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const std::vector<acc_t> w = padded_param<acc_t>(gamma, s.C, acc_t(1));
@@ -78,7 +79,8 @@ void backward_impl(const DytShape& s, const scalar_t* dY, const scalar_t* X, sca
                    at::Tensor& dgamma, at::Tensor& dbeta) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(
+      dX != nullptr && cpu::stream_output(3 * s.rows * s.C * s.inner * static_cast<int64_t>(sizeof(T))));
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* dx = reinterpret_cast<T*>(dX);

@@ -105,7 +105,9 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   static_assert(std::is_same<acc_t, at::opmath_type<scalar_t>>::value, "accumulation type");
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  // x and y, plus r and s with a residual
+  const int64_t tensors = fusion.R != nullptr ? 4 : 2;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(tensors * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   // With a residual, the statistics step writes S = X + R chunk by chunk (S stays in cache for
   // the statistics) and everything after it reads S.
   const scalar_t* X = fusion.R ? fusion.S : X_in;
@@ -209,7 +211,8 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
                            ForwardFusion<scalar_t> fusion) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const int64_t tensors = fusion.R != nullptr ? 4 : 2;  // as in forward_nchw
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(tensors * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const scalar_t* X = fusion.R ? fusion.S : X_in;  // as in forward_nchw
   const auto* x_in = reinterpret_cast<const T*>(X_in);
   const auto* r = reinterpret_cast<const T*>(fusion.R);
@@ -321,7 +324,7 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
                    at::Tensor& dgamma, at::Tensor& dbeta, int64_t act) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(3 * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* dx = reinterpret_cast<T*>(dX);
@@ -421,7 +424,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
                             at::Tensor& dbeta, int64_t act) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(cpu::stream_output(3 * s.N * s.C * s.HxW * static_cast<int64_t>(sizeof(T))));
   const auto* dy = reinterpret_cast<const T*>(dY);
   const auto* x = reinterpret_cast<const T*>(X);
   auto* dx = reinterpret_cast<T*>(dX);

@@ -112,7 +112,10 @@ void forward_impl(const RowNormShape& s, const scalar_t* X, const scalar_t* R, s
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
   static_assert(std::is_same<acc_t, at::opmath_type<scalar_t>>::value, "accumulation type");
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  // x and y, plus r and s with a residual
+  const int64_t tensors = R != nullptr ? 4 : 2;
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(
+      cpu::stream_output(tensors * s.M * s.D * static_cast<int64_t>(sizeof(T))));
   const bool rms = mean == nullptr;
   const int64_t M = s.M, D = s.D;
   const auto* x = reinterpret_cast<const T*>(X);
@@ -222,7 +225,8 @@ void backward_impl(const RowNormShape& s, const scalar_t* dY, const scalar_t* X,
                    at::opmath_type<scalar_t>* dbeta) {
   using T = typename Storage<scalar_t>::type;
   using acc_t = acc_type<T>;
-  const VecKernels<T>& k = cpu::vec_kernels_for<T>();
+  const VecKernels<T>& k = cpu::vec_kernels_for<T>(
+      dX != nullptr && cpu::stream_output(3 * s.M * s.D * static_cast<int64_t>(sizeof(T))));
   const bool rms = mean == nullptr;
   const int64_t M = s.M, D = s.D;
   const auto* dy = reinterpret_cast<const T*>(dY);

@@ -48,5 +48,13 @@ const VecKernelTable& vec_kernels() {
   return table;
 }
 
+bool stream_output(int64_t bytes) {
+  static const int64_t min_bytes = [] {
+    const char* env = std::getenv("NORMEXT_STREAM_MIN_BYTES");
+    return env != nullptr && *env != '\0' ? std::strtoll(env, nullptr, 10) : int64_t{48} << 20;
+  }();
+  return min_bytes >= 0 && bytes >= min_bytes;
+}
+
 } // namespace cpu
 } // namespace normext
