@@ -130,7 +130,7 @@ void forward_impl(const RowNormShape& s, const scalar_t* X, const scalar_t* R, s
     if (r == nullptr) {
       return x + at;
     }
-    k.add_rows(x + at, r + at, sum + at, n);
+    k.add_values(x + at, r + at, sum + at, n);
     return sum + at;
   };
   auto source_row = [&](int64_t row) -> const scalar_t* {

@@ -68,8 +68,6 @@ struct VecKernels {
   // gamma / beta: per-element parameters of the row in acc_t, or nullptr (1 / 0).
   // Sum of squares of n contiguous values (RMSNorm statistics).
   acc_t (*sum_squares)(const T* x, int64_t n);
-  // s = x + r over n values, rounded to T as torch's x + r is (the fused residual add).
-  void (*add_rows)(const T* x, const T* r, T* s, int64_t n);
   // y = (x - mean) * rstd * gamma[i] + beta[i] over n values.
   void (*normalize_row)(const T* x, T* y, int64_t n, acc_t mean, acc_t rstd, const acc_t* gamma,
                         const acc_t* beta);
@@ -119,7 +117,8 @@ struct VecKernels {
   void (*grad_input_act_cl[4])(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
                                const acc_t* a_c, const acc_t* mean_c, const acc_t* rstd_c,
                                const acc_t* b_c, const acc_t* c_c, const acc_t* bias_c);
-  // s = x + r rounded to T over n contiguous values (add_group_norm's residual add).
+  // s = x + r over n contiguous values, rounded to T as torch's x + r is (the residual add of
+  // add_group_norm, add_layer_norm and add_rms_norm).
   void (*add_values)(const T* x, const T* r, T* s, int64_t n);
   // grad_input with g (the gradient at the GroupNorm output) from an acc_t buffer.
   void (*grad_input_from_g)(const acc_t* g, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,

@@ -718,18 +718,6 @@ acc_type<T> sum_squares(const T* x, int64_t n) {
   return reduce_lanes((s0 + s1) + (s2 + s3));
 }
 
-template <typename T>
-void add_rows(const T* x, const T* r, T* s, int64_t n) {
-  constexpr int L = kLanes<T>;
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    Io<T>::store(s + i, Io<T>::load(x + i) + Io<T>::load(r + i));
-  }
-  if (i < n) {
-    store_n(s + i, load_n(x + i, n - i) + load_n(r + i, n - i), n - i);
-  }
-}
-
 template <bool kGamma, bool kBeta, bool kStream, typename T>
 void normalize_row_impl(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> rstd,
                         const acc_type<T>* gamma, const acc_type<T>* beta) {
@@ -1503,7 +1491,7 @@ void grad_input_from_g(const acc_type<T>* g, const T* x, T* dx, int64_t n, acc_t
   grad_input_impl<T, acc_type<T>, kStream>(g, x, dx, n, a, mean, rstd, b, c);
 }
 
-// s = x + r, rounded to T, over n contiguous values (the residual add of add_group_norm).
+// s = x + r, rounded to T, over n contiguous values (the residual add of the add_*_norm ops).
 template <typename T>
 void add_values(const T* x, const T* r, T* s, int64_t n) {
   constexpr int L = kLanes<T>;
@@ -1522,7 +1510,7 @@ constexpr VecKernels<T> make_kernels() {
   return {&chunk_stats<T>,  &normalize<T, kStream>,  &chunk_stats_cl<T>, &normalize_cl<T, kStream>,
           &grad_sums<T>,    &grad_input<T, kStream>, &grad_sums_cl<T>,   &grad_input_cl<T, kStream>,
           // row norms
-          &sum_squares<T>, &add_rows<T>, &normalize_row<T, kStream>, &row_grad_sums<T>,
+          &sum_squares<T>, &normalize_row<T, kStream>, &row_grad_sums<T>,
           &row_grad_input<T, kStream>,
           // ---- DyT, fused GroupNorm activations, residual add ----
           &dyt_forward<T, kStream>, &dyt_forward_cl<T, kStream>, &dyt_backward<T, kStream>, &dyt_backward_cl<T, kStream>,
