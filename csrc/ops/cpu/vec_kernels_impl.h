@@ -63,27 +63,16 @@ inline vu32 as_bits(vfloat v) {
 }
 
 // Load / store Vec<acc_type<T>>::size elements of T as one accumulator vector.
+// float and double are their own accumulation type: moved as they are.
 template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  static vfloat load(const float* p) {
-    vfloat v;
+struct Io {
+  using V = typename Vec<T>::type;
+  static V load(const T* p) {
+    V v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }
-  static void store(float* p, vfloat v) { std::memcpy(p, &v, sizeof(v)); }
-};
-
-template <>
-struct Io<double> {
-  static vdouble load(const double* p) {
-    vdouble v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static void store(double* p, vdouble v) { std::memcpy(p, &v, sizeof(v)); }
+  static void store(T* p, V v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
 template <>
