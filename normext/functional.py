@@ -222,6 +222,11 @@ def batch_norm(
                                               training, momentum, eps)
     if training:
         _verify_batch_size(input.size())
+    # Same checks and messages as torch.nn.functional.batch_norm (torch 2.14).
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     return _batch_norm_forward(input, weight, bias, running_mean, running_var, training,
                                momentum, eps)[0]
 

@@ -83,3 +83,30 @@ def test_moduleinfo_inputs(device, dtype):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
             n += 1
     assert n > 0
+
+
+# PyTorch's ModuleInfo error inputs (construction and forward errors) of the normext modules'
+# torch counterparts: normext's module must fail the same way, with the same type and message.
+ERROR_MODULES = {torch.nn.GroupNorm: normext.GroupNorm, torch.nn.BatchNorm1d: normext.BatchNorm1d,
+                 torch.nn.BatchNorm2d: normext.BatchNorm2d, torch.nn.BatchNorm3d: normext.BatchNorm3d}
+
+
+@pytest.mark.parametrize("torch_cls", list(ERROR_MODULES), ids=lambda c: c.__name__)
+def test_moduleinfo_error_inputs(device, torch_cls):
+    from torch.testing._internal.common_modules import ModuleErrorEnum
+
+    info = next(m for m in module_db if m.module_cls is torch_cls)
+    errors = info.module_error_inputs_func(info, device=device, dtype=torch.float32,
+                                           requires_grad=False, training=True)
+    assert errors
+    for error in errors:
+        ctor, fwd = error.module_error_input.constructor_input, error.module_error_input.forward_input
+        with pytest.raises(error.error_type, match=error.error_regex) as theirs:
+            m = torch_cls(*ctor.args, **ctor.kwargs).to(device)
+            if error.error_on == ModuleErrorEnum.FORWARD_ERROR:
+                m(*fwd.args, **fwd.kwargs)
+        with pytest.raises(error.error_type, match=error.error_regex) as ours:
+            m = ERROR_MODULES[torch_cls](*ctor.args, **ctor.kwargs).to(device)
+            if error.error_on == ModuleErrorEnum.FORWARD_ERROR:
+                m(*fwd.args, **fwd.kwargs)
+        assert str(ours.value) == str(theirs.value)
