@@ -412,21 +412,6 @@ void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_o
   }
 }
 
-template <typename T, bool kStream>
-void normalize(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> scale,
-               acc_type<T> bias) {
-  const StreamFence<kStream> fence;
-  constexpr int L = kLanes<T>;
-  const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    store_out<kStream>(y + i, (Io<T>::load(x + i) - vmean) * vscale + vbias);
-  }
-  if (i < n) {
-    store_n(y + i, (load_n(x + i, n - i) - vmean) * vscale + vbias, n - i);
-  }
-}
-
 template <typename T>
 void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>* ds_out,
                acc_type<T>* db_out) {
@@ -608,21 +593,6 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
     }
     mean_g[g] += res / count;
     m2_g[g] = q - res * res / count;
-  }
-}
-
-template <typename T, bool kStream>
-void normalize_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
-                  const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
-  const StreamFence<kStream> fence;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
-      const vacc<T> v = (load_x(xr, c, C, full) - load_acc(mean_c, c)) * load_acc(scale_c, c) +
-                        load_acc(bias_c, c);
-      store_x<kStream>(yr, v, c, C, full);
-    });
   }
 }
 
@@ -1040,8 +1010,9 @@ inline vdouble vtanh(vdouble x, vdouble* sech2) {
 // gelu(z) = z / 2 (1 + erf(z / sqrt 2)), gelu_tanh(z) = z / 2 (1 + tanh(u)), u = sqrt(2 / pi)
 // (z + 0.044715 z^3), computed as z sigmoid(2u) (the same function without the cancellation of
 // 1 + tanh(u) for negative u), relu(z) = max(z, 0) with NaN kept. grad() is the derivative.
-// Indices match the op's `activation` argument minus one (0 is no activation).
-enum ActivationKind { kSilu = 0, kGelu = 1, kGeluTanh = 2, kRelu = 3 };
+// Indices match the op's `activation` argument minus one (0 is no activation); kIdentity is the
+// plain normalize / normalize_cl leaves, which are normalize_act / normalize_act_cl without one.
+enum ActivationKind { kIdentity = -1, kSilu = 0, kGelu = 1, kGeluTanh = 2, kRelu = 3 };
 
 constexpr float kSqrtHalf = 0.70710678118654752f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
@@ -1118,23 +1089,33 @@ struct Activation<kRelu> {
   static double grad(double z) { return z > 0.0 ? 1.0 : 0.0; }
 };
 
-template <int kAct>
-inline vdouble act_apply(vdouble z) {
+// fp64 lanes take the double overloads lane by lane (libm), fp32 lanes the vector ones.
+template <typename F>
+inline vdouble per_lane(vdouble z, F f) {
   for (int i = 0; i < Vec<double>::size; ++i) {
-    z[i] = Activation<kAct>::apply(static_cast<double>(z[i]));
+    z[i] = f(static_cast<double>(z[i]));
   }
   return z;
+}
+template <int kAct>
+inline vdouble act_apply(vdouble z) {
+  if constexpr (kAct == kIdentity) {
+    return z;
+  } else {
+    return per_lane(z, [](double v) { return Activation<kAct>::apply(v); });
+  }
 }
 template <int kAct>
 inline vfloat act_apply(vfloat z) {
-  return Activation<kAct>::apply(z);
+  if constexpr (kAct == kIdentity) {
+    return z;
+  } else {
+    return Activation<kAct>::apply(z);
+  }
 }
 template <int kAct>
 inline vdouble act_grad(vdouble z) {
-  for (int i = 0; i < Vec<double>::size; ++i) {
-    z[i] = Activation<kAct>::grad(static_cast<double>(z[i]));
-  }
-  return z;
+  return per_lane(z, [](double v) { return Activation<kAct>::grad(v); });
 }
 template <int kAct>
 inline vfloat act_grad(vfloat z) {
@@ -1342,8 +1323,9 @@ NORMEXT_DYT_SCHED void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t r
 }
 
 // ---- fused GroupNorm activation leaves ---------------------------------------------------------
-// z = (x - mean) * scale + bias exactly as normalize() computes it; the backward recomputes z from
-// x and the statistics and takes g = dy * act'(z) as the gradient of z.
+// z = (x - mean) * scale + bias, and y = act(z) (y = z for kIdentity: the plain normalize leaves);
+// the backward recomputes z from x and the statistics and takes g = dy * act'(z) as the gradient
+// of z.
 
 template <int kAct, typename T, bool kStream>
 void normalize_act(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> scale,
@@ -1496,8 +1478,9 @@ void add_values(const T* x, const T* r, T* s, int64_t n) {
 // kStream: the leaves that write an output use streaming stores (see store_out).
 template <typename T, bool kStream>
 constexpr VecKernels<T> make_kernels() {
-  return {&chunk_stats<T>,  &normalize<T, kStream>,  &chunk_stats_cl<T>, &normalize_cl<T, kStream>,
-          &grad_sums<T>,    &grad_input<T, kStream>, &grad_sums_cl<T>,   &grad_input_cl<T, kStream>,
+  return {&chunk_stats<T>, &normalize_act<kIdentity, T, kStream>,
+          &chunk_stats_cl<T>, &normalize_act_cl<kIdentity, T, kStream>,
+          &grad_sums<T>, &grad_input<T, kStream>, &grad_sums_cl<T>, &grad_input_cl<T, kStream>,
           // row norms
           &sum_squares<T>, &normalize_row<T, kStream>, &row_grad_sums<T>,
           &row_grad_input<T, kStream>,
