@@ -426,3 +426,35 @@ def test_memory_cli_json(tmp_path, capsys):
     if ops._has_activation(nf) is not None:
         assert data["memory"]["skipped"] and not data["memory"]["peak"]
         assert "skipped: GN+SiLU, ResBlock and decoder rows" in capsys.readouterr().out
+
+
+def test_measure_all_interleaves_so_drift_cancels():
+    # The machine slows down 3x halfway through: timed one after the other, f would see only the
+    # fast half and g only the slow half; interleaved, both see both and g / f stays 2.
+    clock = FakeClock()
+    order = []
+
+    def cost(base):
+        return base * (3.0 if clock.now > 0.02 else 1.0)
+
+    def f():
+        order.append("f")
+        clock.now += cost(50e-6)
+
+    def g():
+        order.append("g")
+        clock.now += cost(100e-6)
+
+    t, _ = _fake_timer(clock, min_run_time=0.02, warmup=0, block_time=1e-3, min_blocks=5)
+    m = t.measure_all({"f": f, "g": g})
+    assert m["g"].median / m["f"].median == pytest.approx(2.0, rel=0.05)
+    assert m["f"].number == 20 and m["g"].number == 10  # 1 ms blocks
+    # after the two calibration calls, rounds of one block each, the first of a round rotating
+    assert order[2:2 + 20 + 10] == ["f"] * 20 + ["g"] * 10
+    assert order[32:32 + 10 + 20] == ["g"] * 10 + ["f"] * 20
+    assert order.count("f") - 1 == 20 * len(m["f"].samples) and len(m["f"].samples) == len(m["g"].samples)
+
+
+def test_cpu_timer_measure_all():
+    m = timing.CpuTimer(0.005).measure_all({"a": lambda: torch.ones(4).sum(), "b": lambda: None})
+    assert set(m) == {"a", "b"} and all(t.median > 0 and len(t.samples) >= 5 for t in m.values())

@@ -11,8 +11,9 @@ on CUDA) of normext, torch eager and torch.compile (inductor, static shapes, com
 a copy of the same tensor (out.copy_(x)) as the bandwidth reference. It prints one table and a
 summary per op against the issue targets (PASS/MISS on geometric means).
 
-Timing: CPU: torch.utils.benchmark blocked_autorange (adaptive repetition), tcmalloc preloaded
-(re-exec) when installed. CUDA: CUDA events around blocks of calls after a warm-up.
+Timing: medians of ~2 ms blocks of calls (wall clock on CPU, CUDA events on CUDA); the copy and the
+implementations of one case are timed interleaved, block by block, so a drift of the machine's
+speed cancels out of their ratios. On CPU, tcmalloc is preloaded (re-exec) when installed.
 """
 
 import argparse
@@ -145,9 +146,9 @@ def print_header(info, args, log):
             f"CUDA {info['cuda']}")
     log(f"torch {info['torch']} | python {info['python']}")
     if not args.memory:
-        timing = ("CUDA events around blocks of calls after warm-up" if args.device == "cuda" else
-                  "torch.utils.benchmark blocked_autorange median")
-        log(f"timing: {timing}, min_run_time={args.min_time}s; copy = out.copy_(x) timed the same way")
+        clock = "CUDA events" if args.device == "cuda" else "wall clock"
+        log(f"timing: median of ~2 ms blocks of calls ({clock}), min_run_time={args.min_time}s each; "
+            "copy (out.copy_(x)) and every implementation timed interleaved, block by block")
         log("torch.compile: " + ("inductor, dynamic=False, compiled per case (compile time excluded)"
                                  if args.compile else "skipped (--no-compile)"))
     if args.device == "cpu":

@@ -204,30 +204,36 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
     before = cpu_snapshot()
     out = torch.empty_like(built.x, memory_format=torch.preserve_format)
     src = built.x
-    copy = timer.measure(lambda: out.copy_(src))
-    del out
     rows = []
     for p in passes:
         progress.step(f"{desc} {PASS_NAMES[p]}")
-        row = dict(case, **{"pass": p, "copy_s": copy.median, "bytes_moved": built.traffic[p] * case["nbytes"]})
-        row["time_s"], noise = {}, [copy.noise]
-        fns = dict(impls)
+        row = dict(case, **{"pass": p, "bytes_moved": built.traffic[p] * case["nbytes"]})
+        fns = {"copy": lambda: out.copy_(src)}
+        candidates = dict(impls)
         if p == "fwd":
-            fns.update(built.extra)
-        for impl, fn in fns.items():
+            candidates.update(built.extra)
+        for impl, fn in candidates.items():
+            call = pass_fn(p, fn, built.inputs, grads)
             try:
-                m = timer.measure(pass_fn(p, fn, built.inputs, grads))
+                call()
             except Exception as e:  # noqa: BLE001  (e.g. a compiled graph that cannot retain_graph)
                 if impl == "normext":
                     raise
                 progress.note(f"{impl} {PASS_NAMES[p]} failed for {desc}: {type(e).__name__}: {e}")
                 continue
-            row["time_s"][impl] = m.median
-            noise.append(m.noise)
+            fns[impl] = call
+        # NB: copy and every implementation are timed interleaved, block by block, so their
+        # ratios hold even when the machine's speed drifts during the case.
+        timings = timer.measure_all(fns)
+        copy = timings.pop("copy")
+        row["copy_s"] = copy.median
+        row["time_s"] = {impl: m.median for impl, m in timings.items()}
+        noise = [copy.noise] + [m.noise for m in timings.values()]
         row["noise"] = max(noise)
         if compile_error:
             row["compile_error"] = compile_error
         rows.append(row)
+    del out
     after = cpu_snapshot()
     for row in rows:
         row["other_cpu"] = foreign_cpu(before, after) if device == "cpu" else None

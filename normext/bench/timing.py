@@ -1,15 +1,18 @@
-"""Timers: one interface, ``measure(fn) -> Timing``, for the CPU and for CUDA.
+"""Timers: one interface, ``measure_all({name: fn}) -> {name: Timing}`` (and ``measure(fn)``),
+for the CPU and for CUDA.
 
-CPU: torch.utils.benchmark blocked_autorange (adaptive repetition, median of blocks).
-CUDA: CUDA events around blocks of calls after a warm-up, so the time is the GPU's, not the
-host's launch loop. Both give the median and IQR of per-call times; the events and the
-synchronize function of the CUDA timer are injectable, so its logic is tested on CPU.
+Both time blocks of back-to-back calls, interleaving the callables of one comparison round by
+round, and give the median and IQR of per-call times. CPU blocks are timed with the wall clock;
+CUDA blocks with CUDA events, so the time is the GPU's, not the host's launch loop. The events
+and the synchronize function of the CUDA timer are injectable, so its logic is tested on CPU.
 """
 
+import gc
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 
 @dataclass
@@ -39,33 +42,86 @@ def summarize(samples, number=1):
     return Timing(median, q3 - q1, samples, number)
 
 
-class CpuTimer:
-    """blocked_autorange: calibrates the calls per block, then repeats blocks for min_run_time."""
+class BlockTimer:
+    """Times blocks of back-to-back calls; subclasses say how a block is timed.
+
+    ``measure_all`` interleaves its callables: each round times one block of every callable, in an
+    order that rotates from round to round, so a drift of the machine's speed (a shared host's
+    turbo or neighbours, seconds long) slows every callable alike instead of whichever happened to
+    run then, and the ratios between them stay right. Rounds repeat until every callable has
+    ``min_run_time`` of timed blocks and at least ``min_blocks`` blocks. Each callable is called
+    ``warmup`` times first, then once to size its blocks to about ``block_time``.
+    """
 
     device = "cpu"
 
-    def __init__(self, min_run_time=0.1):
+    def __init__(self, min_run_time=0.1, *, warmup=1, block_time=2e-3, min_blocks=5,
+                 max_blocks=200, max_number=1000):
         self.min_run_time = min_run_time
+        self.warmup = warmup
+        self.block_time = block_time
+        self.min_blocks = min_blocks
+        self.max_blocks = max_blocks
+        self.max_number = max_number
+
+    def time_block(self, fn, number):
+        raise NotImplementedError
+
+    def synchronize(self):
+        pass
+
+    def calls_per_block(self, one_call):
+        """Calls per block so that a block lasts about block_time (1 for slow calls)."""
+        if not one_call > 0 or not math.isfinite(one_call):
+            return self.max_number
+        return max(1, min(self.max_number, int(round(self.block_time / one_call))))
+
+    def measure_all(self, fns: Dict[str, Callable[[], object]]) -> Dict[str, Timing]:
+        names = list(fns)
+        for name in names:
+            for _ in range(self.warmup):  # lazy init, caching allocator, autotuning
+                fns[name]()
+        self.synchronize()
+        number = {name: self.calls_per_block(self.time_block(fns[name], 1)) for name in names}
+        samples = {name: [] for name in names}
+        total = dict.fromkeys(names, 0.0)
+        rounds = 0
+        while rounds < self.min_blocks or (
+                min(total.values()) < self.min_run_time and rounds < self.max_blocks):
+            shift = rounds % len(names)
+            for name in names[shift:] + names[:shift]:
+                block = self.time_block(fns[name], number[name])
+                samples[name].append(block / number[name])
+                total[name] += block
+            rounds += 1
+        return {name: summarize(samples[name], number[name]) for name in names}
 
     def measure(self, fn: Callable[[], object]) -> Timing:
-        import torch
-        from torch.utils import benchmark
-
-        # NB: blocked_autorange's block-size estimate calls fn() before measuring: that is the
-        # warm-up (the case's correctness check has already run every callable once).
-        # NB: Timer defaults to num_threads=1; pass the process setting so the benchmark measures
-        # what the user gets.
-        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        m = timer.blocked_autorange(min_run_time=self.min_run_time)
-        return Timing(m.median, m.iqr, list(m.times), m.number_per_run)
+        return self.measure_all({"fn": fn})["fn"]
 
 
-class CudaEventTimer:
-    """CUDA events around blocks of ``number`` calls, after ``warmup`` calls and a synchronize.
+class CpuTimer(BlockTimer):
+    """Wall-clock blocks (time.perf_counter), with the garbage collector paused while timing."""
 
-    The block size is calibrated from one timed call so that a block lasts about ``block_time``
-    seconds (events resolve ~0.5 us; launch gaps between blocks are not timed). Blocks repeat
-    until ``min_run_time`` of GPU time and at least ``min_blocks`` blocks.
+    device = "cpu"
+
+    def time_block(self, fn, number):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            return time.perf_counter() - start
+        finally:
+            if enabled:
+                gc.enable()
+
+
+class CudaEventTimer(BlockTimer):
+    """CUDA events around blocks of calls, after the warm-up and a synchronize, so the time is
+    the GPU's, not the host's launch loop (events resolve ~0.5 us; launch gaps between blocks are
+    not timed).
 
     ``event_factory(enable_timing=True)`` must return objects with ``record()``,
     ``synchronize()`` and ``elapsed_time(end) -> ms`` (torch.cuda.Event); ``synchronize()``
@@ -75,20 +131,18 @@ class CudaEventTimer:
     device = "cuda"
 
     def __init__(self, min_run_time=0.1, *, event_factory=None, synchronize=None, warmup=3,
-                 block_time=2e-3, min_blocks=5, max_blocks=200, max_number=1000):
+                 **kw):
+        super().__init__(min_run_time, warmup=warmup, **kw)
         if event_factory is None or synchronize is None:
             import torch
 
             event_factory = event_factory or torch.cuda.Event
             synchronize = synchronize or torch.cuda.synchronize
-        self.min_run_time = min_run_time
         self.event_factory = event_factory
-        self.synchronize = synchronize
-        self.warmup = warmup
-        self.block_time = block_time
-        self.min_blocks = min_blocks
-        self.max_blocks = max_blocks
-        self.max_number = max_number
+        self._synchronize = synchronize
+
+    def synchronize(self):
+        self._synchronize()
 
     def time_block(self, fn, number):
         """GPU seconds of ``number`` back-to-back calls."""
@@ -100,24 +154,6 @@ class CudaEventTimer:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-
-    def calls_per_block(self, one_call):
-        """Calls per block so that a block lasts about block_time (1 for slow calls)."""
-        if not one_call > 0 or not math.isfinite(one_call):
-            return self.max_number
-        return max(1, min(self.max_number, int(round(self.block_time / one_call))))
-
-    def measure(self, fn: Callable[[], object]) -> Timing:
-        for _ in range(self.warmup):  # lazy init, caching allocator, autotuning
-            fn()
-        self.synchronize()
-        number = self.calls_per_block(self.time_block(fn, 1))
-        samples, total = [], 0.0
-        while len(samples) < self.min_blocks or (total < self.min_run_time and len(samples) < self.max_blocks):
-            block = self.time_block(fn, number)
-            samples.append(block / number)
-            total += block
-        return summarize(samples, number)
 
 
 def make_timer(device, min_run_time):
