@@ -564,11 +564,14 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
   const char* ahead = reinterpret_cast<const char*>(x + rows * C);
   for (r = 0; r + 4 <= rows; r += 4) {
-    for (int64_t b = 0; b < 4 * row_bytes; b += 64) {  // the next chunk's rows r .. r + 3
-      __builtin_prefetch(ahead + r * row_bytes + b);
-    }
     const T* xr = x + r * C;
+    const char* next = ahead + r * row_bytes;  // the next chunk's rows r .. r + 3
     for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+      // NB: one prefetch per row and vector, spread over the loop: a burst of a whole row group
+      // (up to 256 lines for wide C) overflows the fill buffers and is mostly dropped.
+      for (int i = 0; i < 4; ++i) {
+        __builtin_prefetch(next + i * row_bytes + c * static_cast<int64_t>(sizeof(T)));
+      }
       const vacc<T> m = load_acc(mean_c, c);
       const vacc<T> d0 = load_x(xr, c, C, full) - m, d1 = load_x(xr + C, c, C, full) - m,
                     d2 = load_x(xr + 2 * C, c, C, full) - m,
