@@ -154,10 +154,12 @@ const VecKernelTable& vec_kernel_table();
 const VecKernelTable& vec_kernels();
 
 // Whether an op whose loops touch `bytes` of tensors (inputs and outputs) should write its output
-// with streaming stores: when they exceed what stays in cache between calls. The default, 48 MiB,
-// is measured on the 2-core benchmark machine (GroupNorm forward 1.4x faster at 2 x 64 MiB, even
-// at 2 x 31 MiB; geomeans over the suite best at 48 MiB, of 48 and 96); NORMEXT_STREAM_MIN_BYTES
-// overrides it (0: always, -1: never).
+// with streaming stores: when they exceed what stays in cache between calls. The default, 16 MiB
+// (4x the L2 of the 2-core benchmark machine), is measured there: GroupNorm forward 1.4x faster
+// at 2 x 64 MiB and at 2 x 10 MiB (0.87x -> 1.6x torch at 2x320x64x64 fp32; LayerNorm
+// 8x512x768 fp32 forward+backward 0.85x -> 1.44x), slower at 2 x 2.5 MiB (0.89x -> 0.62x), even
+// at 2 x 5 and 2 x 7.5 MiB; the whole suite 2% faster than with 48 MiB.
+// NORMEXT_STREAM_MIN_BYTES overrides it (0: always, -1: never).
 bool stream_output(int64_t bytes);
 
 template <typename T>

@@ -51,7 +51,7 @@ const VecKernelTable& vec_kernels() {
 bool stream_output(int64_t bytes) {
   static const int64_t min_bytes = [] {
     const char* env = std::getenv("NORMEXT_STREAM_MIN_BYTES");
-    return env != nullptr && *env != '\0' ? std::strtoll(env, nullptr, 10) : int64_t{48} << 20;
+    return env != nullptr && *env != '\0' ? std::strtoll(env, nullptr, 10) : int64_t{16} << 20;
   }();
   return min_bytes >= 0 && bytes >= min_bytes;
 }
