@@ -7,6 +7,7 @@ CUDA blocks with CUDA events, so the time is the GPU's, not the host's launch lo
 and the synchronize function of the CUDA timer are injectable, so its logic is tested on CPU.
 """
 
+import abc
 import gc
 import math
 import statistics
@@ -42,7 +43,7 @@ def summarize(samples, number=1):
     return Timing(median, q3 - q1, samples, number)
 
 
-class BlockTimer:
+class BlockTimer(abc.ABC):
     """Times blocks of back-to-back calls; subclasses say how a block is timed.
 
     ``measure_all`` interleaves its callables: each round times one block of every callable, in an
@@ -53,8 +54,6 @@ class BlockTimer:
     ``warmup`` times first, then once to size its blocks to about ``block_time``.
     """
 
-    device = "cpu"
-
     def __init__(self, min_run_time=0.1, *, warmup=1, block_time=2e-3, min_blocks=5,
                  max_blocks=200, max_number=1000):
         self.min_run_time = min_run_time
@@ -64,11 +63,12 @@ class BlockTimer:
         self.max_blocks = max_blocks
         self.max_number = max_number
 
+    @abc.abstractmethod
     def time_block(self, fn, number):
-        raise NotImplementedError
+        """Seconds taken by ``number`` back-to-back calls of ``fn``."""
 
     def synchronize(self):
-        pass
+        """Waits for the device to finish queued work (nothing to wait for on the CPU)."""
 
     def calls_per_block(self, one_call):
         """Calls per block so that a block lasts about block_time (1 for slow calls)."""
