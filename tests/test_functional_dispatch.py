@@ -1,0 +1,77 @@
+"""The functionals call the ops below the autograd key when no gradient can flow (no_grad,
+inference_mode, or no input requiring grad): same results and side effects as the autograd path,
+no graph; with an input requiring grad, the graph is built as before."""
+import pytest
+import torch
+
+import normext.functional as NF
+
+
+def _calls():
+    g = torch.Generator().manual_seed(0)
+    x4 = torch.randn(2, 8, 5, 5, generator=g)
+    rows = torch.randn(3, 4, 16, generator=g)
+    res = torch.randn(3, 4, 16, generator=g)
+    c8, c16 = torch.randn(8, generator=g), torch.randn(16, generator=g)
+    return {
+        "group_norm": (lambda x, w: NF.group_norm(x, 4, w, c8), x4, c8),
+        "group_norm_silu": (lambda x, w: NF.group_norm(x, 4, w, c8, activation="silu"), x4, c8),
+        "add_group_norm": (lambda x, w: NF.add_group_norm(x, x4, 4, w, c8)[0], x4, c8),
+        "layer_norm": (lambda x, w: NF.layer_norm(x, (16,), w, c16), rows, c16),
+        "rms_norm": (lambda x, w: NF.rms_norm(x, (16,), w), rows, c16),
+        "add_rms_norm": (lambda x, w: NF.add_rms_norm(x, res, (16,), w)[0], rows, c16),
+        "add_layer_norm": (lambda x, w: NF.add_layer_norm(x, res, (16,), w, c16)[0], rows, c16),
+        "batch_norm": (lambda x, w: NF.batch_norm(x, None, None, w, c8, True), x4, c8),
+        "instance_norm": (lambda x, w: NF.instance_norm(x, weight=w, bias=c8), x4, c8),
+        "dyt": (lambda x, w: NF.dyt(x, torch.tensor([0.5]), w, c16), rows, c16),
+    }
+
+
+@pytest.mark.parametrize("name", list(_calls()))
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no_input_requires_grad"])
+def test_no_grad_path_matches_autograd_path(name, mode):
+    fn, x, w = _calls()[name]
+    ref = fn(x.clone().requires_grad_(), w.clone().requires_grad_())
+    assert ref.grad_fn is not None
+    if mode == "no_grad":
+        with torch.no_grad():
+            out = fn(x.clone().requires_grad_(), w.clone().requires_grad_())
+    elif mode == "inference_mode":
+        with torch.inference_mode():
+            out = fn(x.clone(), w.clone())
+    else:
+        out = fn(x.clone(), w.clone())
+    assert out.grad_fn is None and not out.requires_grad
+    torch.testing.assert_close(out, ref.detach(), rtol=0, atol=0)
+
+
+def test_running_stats_updated_on_the_no_grad_path():
+    x = torch.randn(4, 3, 6, 6)
+    rm_a, rv_a = torch.zeros(3), torch.ones(3)
+    rm_b, rv_b = torch.zeros(3), torch.ones(3)
+    with torch.no_grad():
+        NF.batch_norm(x, rm_a, rv_a, training=True, momentum=0.3)
+    NF.batch_norm(x.clone().requires_grad_(), rm_b, rv_b, training=True, momentum=0.3)
+    torch.testing.assert_close(rm_a, rm_b, rtol=0, atol=0)
+    torch.testing.assert_close(rv_a, rv_b, rtol=0, atol=0)
+    torch.testing.assert_close(rm_a, 0.3 * x.mean((0, 2, 3)))
+
+
+def test_inplace_bumps_the_version():
+    x = torch.randn(2, 8, 4, 4)
+    before = x._version
+    with torch.no_grad():
+        y = NF.group_norm(x, 4, activation="silu", inplace=True)
+    assert y.data_ptr() == x.data_ptr()
+    assert x._version > before
+
+
+def test_inplace_over_a_tensor_saved_for_backward_is_caught():
+    # x needs no grad, so the in-place call is allowed, but mul saved x for w's gradient:
+    # autograd must refuse the backward instead of using the overwritten values.
+    x = torch.randn(2, 8, 4, 4)
+    w = torch.randn(2, 8, 4, 4, requires_grad=True)
+    out = (x * w).sum()
+    NF.group_norm(x, 4, inplace=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
