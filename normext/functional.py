@@ -108,11 +108,6 @@ def group_norm(
         return input.copy_(y) if inplace else y
     if inplace:
         _group_norm_inplace(input, weight, bias, num_groups, eps, act)
-        if not torch.compiler.is_compiling():
-            # NB: the op does not bump the version counter itself (torch.compile tracks the
-            # mutation from the schema); without it, autograd would not notice that a tensor
-            # another op saved for its backward has been overwritten.
-            torch.autograd.graph.increment_version(input)
         return input
     return _group_norm_forward(input, weight, bias, num_groups, eps, act)[0]
 

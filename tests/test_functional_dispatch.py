@@ -57,12 +57,21 @@ def test_running_stats_updated_on_the_no_grad_path():
     torch.testing.assert_close(rm_a, 0.3 * x.mean((0, 2, 3)))
 
 
-def test_inplace_bumps_the_version():
+@pytest.mark.parametrize("call", ["functional", "op"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_inplace_bumps_the_version(call, layout):
     x = torch.randn(2, 8, 4, 4)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.randn(2, 8, 4, 8)[..., ::2]
     before = x._version
     with torch.no_grad():
-        y = NF.group_norm(x, 4, activation="silu", inplace=True)
-    assert y.data_ptr() == x.data_ptr()
+        if call == "functional":
+            y = NF.group_norm(x, 4, activation="silu", inplace=True)
+            assert y.data_ptr() == x.data_ptr()
+        else:
+            torch.ops.normext.group_norm_inplace(x, None, None, 4, 1e-5, 1)
     assert x._version > before
 
 

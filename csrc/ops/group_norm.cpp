@@ -166,7 +166,13 @@ void group_norm_inplace(const at::Tensor& input, const std::optional<at::Tensor>
   fusion.activation = activation;
   run_forward(shape, X, input, weight, bias, eps, fusion, X, mean, rstd, kernel);
   if (!dense) {
-    input.copy_(X);
+    input.copy_(X);  // bumps the version counter itself
+  } else {
+    // NB: a kernel writing through the data pointer bumps nothing, and the op has no
+    // ADInplaceOrView kernel: without this, autograd would not notice that a tensor another op
+    // saved for its backward has been overwritten (raises for an inference tensor outside
+    // inference mode, as torch's in-place ops do).
+    input.unsafeGetTensorImpl()->bump_version();
   }
 }
 
