@@ -36,6 +36,8 @@ SHAPES = [
     (2, 5, 3, 4, 6),    # 3D
     (1, 33, 1, 1),      # one value per channel per sample (N > 1 would be needed to train)
     (300, 19),          # many rows, C not a multiple of the vector width
+    (200, 3, 7, 7),     # small planes in chunks of 83 samples: 83, 83, 34
+    (4100, 2, 7, 7),    # the same past the one-sweep size (float32): statistics, then normalize
 ]
 
 
@@ -78,7 +80,10 @@ def test_parity_with_torch(device, shape, dtype, param_dtype, layout, training):
                  grad=grad.double())
     for name, o, t, r in zip(["y", "dx", "dw", "db", "running_mean", "running_var"], ours, theirs, ref):
         assert o.dtype == t.dtype, name
-        assert_close_to_ref(o, t, r, dtype if name in ("y", "dx") else param_dtype, what=name)
+        # dw and db sum N x HxW products in fp32 lanes: a few ulps of rounding noise at 10^4 values,
+        # while torch's strided (permuted) path happens to be nearly exact there.
+        floor = 4.0 if name in ("dw", "db") else 1.0
+        assert_close_to_ref(o, t, r, dtype if name in ("y", "dx") else param_dtype, what=name, floor_ulps=floor)
     if layout == "channels_last":
         fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
         assert ours[0].is_contiguous(memory_format=fmt) and ours[1].is_contiguous(memory_format=fmt)
@@ -233,7 +238,8 @@ def test_compile_fullgraph_matches_eager(layout):
 
 
 @pytest.mark.parametrize("shape,layout", [((4, 64, 70, 70), "contiguous"), ((4, 64, 40, 30), "channels_last"),
-                                          ((2000, 24), "contiguous")], ids=str)
+                                          ((2000, 24), "contiguous"), ((300, 8, 7, 7), "contiguous"),
+                                          ((4100, 3, 7, 7), "contiguous")], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 def test_determinism_across_threads(shape, layout, dtype, restore_num_threads):
     x = make_input(shape, dtype, "cpu", layout, shift=3.0)

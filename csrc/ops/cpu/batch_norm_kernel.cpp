@@ -2,8 +2,10 @@
 // vectorized loops are GroupNorm's (vec_kernels_impl.h); only the mapping to channels differs.
 //
 // A channel's statistics are, by definition, the in-order Chan merge (in double) of fixed-size
-// chunk statistics: kChunkElems-element pieces of each (n, c) plane NCHW, blocks of
-// channels_last_chunk_rows(C) rows channels-last (chunk_stats_cl with one channel per group).
+// chunk statistics. NCHW, a chunk is a kChunkElems-element piece of an (n, c) plane, or, when a
+// plane is smaller than that, the planes of channel c in kChunkElems / HxW consecutive samples
+// (one call, one merge for 16 planes of 14x14 instead of 16). Channels-last, it is a block of
+// channels_last_chunk_rows(C) rows (chunk_stats_cl with one channel per group).
 // Tasks only decide who computes a chunk, never how, so every result is bitwise identical for any
 // thread count. The gradient sums follow the same chunking, summed per channel in chunk order.
 #include <algorithm>
@@ -28,34 +30,49 @@ using cpu::VecKernels;
 
 constexpr int64_t kChunkElems = cpu::kMaxChunkElems;
 
-// How a shape is cut: NCHW into `per_plane` chunks of each of the N * C planes, channels-last
-// into blocks of `block_rows` rows of the N * HxW rows.
+// How a shape is cut. NCHW: the N samples into `groups` groups of `group` samples (group = 1
+// unless a plane is smaller than a chunk), each (group, channel) into `per_plane` chunks of
+// `planes(t)` runs of up to kChunkElems values, `stride` apart. Channels-last: blocks of
+// `block_rows` rows of the N * HxW rows.
 struct Tiling {
   explicit Tiling(const BatchNormShape& s)
       : s(s),
+        group(s.channels_last || s.HxW >= kChunkElems
+                  ? 1
+                  : std::max<int64_t>(1, std::min(s.N, kChunkElems / std::max<int64_t>(1, s.HxW)))),
+        groups(s.channels_last ? 0 : ceil_div(s.N, group)),
         per_plane(s.channels_last ? 0 : ceil_div(s.HxW, kChunkElems)),
+        stride(s.C * s.HxW),
         block_rows(s.channels_last ? channels_last_chunk_rows(s.C) : 0),
-        tasks(s.channels_last ? ceil_div(s.N * s.HxW, block_rows) : s.N * s.C * per_plane) {}
+        tasks(s.channels_last ? ceil_div(s.N * s.HxW, block_rows) : groups * s.C * per_plane) {}
   const BatchNormShape& s;
+  int64_t group;
+  int64_t groups;
   int64_t per_plane;
+  int64_t stride;  // between the runs of an NCHW chunk
   int64_t block_rows;
   int64_t tasks;
-  // NCHW task t: plane t / per_plane, elements [offset, offset + length) of the tensor.
+  // NCHW task t: sample group t / (C * per_plane), channel, piece t % per_plane of the planes.
   int64_t channel(int64_t t) const { return (t / per_plane) % s.C; }
-  int64_t offset(int64_t t) const {
-    return s.channels_last ? t * block_rows * s.C
-                           : (t / per_plane) * s.HxW + (t % per_plane) * kChunkElems;
+  int64_t offset(int64_t t) const {  // of the first element, in elements
+    if (s.channels_last) {
+      return t * block_rows * s.C;
+    }
+    const int64_t g = t / (per_plane * s.C);
+    return (g * group * s.C + channel(t)) * s.HxW + (t % per_plane) * kChunkElems;
   }
-  int64_t length(int64_t t) const {  // elements NCHW, rows channels-last
+  int64_t length(int64_t t) const {  // of each run NCHW, rows channels-last
     return s.channels_last ? std::min(block_rows, s.N * s.HxW - t * block_rows)
                            : std::min(kChunkElems, s.HxW - (t % per_plane) * kChunkElems);
   }
-  // NCHW: task j of channel c in sample n.
-  int64_t task(int64_t n, int64_t c, int64_t j) const { return (n * s.C + c) * per_plane + j; }
+  int64_t planes(int64_t t) const {  // runs of an NCHW chunk
+    return std::min(group, s.N - t / (per_plane * s.C) * group);
+  }
+  // NCHW: piece j of channel c in sample group g.
+  int64_t task(int64_t g, int64_t c, int64_t j) const { return (g * s.C + c) * per_plane + j; }
 };
 
-// Pieces whose gradient sums are added in double: elements NCHW, rows channels-last.
-constexpr int64_t kSumPiece = 512;
+// Rows of a channels-last block whose gradient sums are added in double (NCHW: kGradSumPiece).
 constexpr int64_t kSumRows = 32;
 
 // Per-channel arrays padded to padded_channels(C), as the channels-last loops load whole vectors.
@@ -109,7 +126,8 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
         k.chunk_stats_cl(x + tiling.offset(t), tiling.length(t), C, 1, scratch.data(), out,
                          out + C);
       } else {
-        k.chunk_stats(x + tiling.offset(t), tiling.length(t), out, out + 1);
+        k.planes_stats(x + tiling.offset(t), tiling.planes(t), tiling.length(t), tiling.stride,
+                       out, out + 1);
       }
     }
   });
@@ -124,12 +142,12 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
     at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         WelfordStat<double> stat{0, 0, 0};
-        for (int64_t n = 0; n < s.N; ++n) {
+        for (int64_t g = 0; g < tiling.groups; ++g) {
           for (int64_t j = 0; j < tiling.per_plane; ++j) {
-            const int64_t t = tiling.task(n, c, j);
+            const int64_t t = tiling.task(g, c, j);
             stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(partial[2 * t]),
                                                            static_cast<double>(partial[2 * t + 1]),
-                                                           tiling.length(t)});
+                                                           tiling.planes(t) * tiling.length(t)});
           }
         }
         finish(c, stat);
@@ -190,7 +208,8 @@ void apply_impl(const BatchNormShape& s, const scalar_t* X, const at::opmath_typ
                        shift_p.data());
       } else {
         const int64_t c = tiling.channel(t);
-        k.normalize(x + o, y + o, tiling.length(t), mean[c], scale[c], shift[c]);
+        k.normalize_planes(x + o, y + o, tiling.planes(t), tiling.length(t), tiling.stride,
+                           mean[c], scale[c], shift[c]);
       }
     }
   });
@@ -212,7 +231,7 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
   const int64_t C = s.C, Cp = cpu::padded_channels(C);
   const auto mean_p = padded(mean, C);
   // partial[t]: (ds, db) of task t in double, channels-last [ds C | db C], NCHW one pair.
-  // NB: pieces of kSumPiece elements (kSumRows rows) are summed in double: sum dy * (x - mean)
+  // NB: pieces of kGradSumPiece elements (kSumRows rows) are summed in double: sum dy * (x - mean)
   // need not be centered (running statistics in evaluation), and long fp32 lane sums lose ulps.
   const int64_t stride = s.channels_last ? 2 * C : 2;
   std::vector<double> partial(tiling.tasks * stride);
@@ -232,13 +251,8 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
           }
         }
       } else {
-        for (int64_t i = 0; i < n; i += kSumPiece) {
-          acc_t ds_i, db_i;
-          k.grad_sums(dy + o + i, x + o + i, std::min(kSumPiece, n - i), mean[tiling.channel(t)],
-                      &ds_i, &db_i);
-          out[0] += ds_i;
-          out[1] += db_i;
-        }
+        k.grad_sums_planes(dy + o, x + o, tiling.planes(t), n, tiling.stride,
+                           mean[tiling.channel(t)], out, out + 1);
       }
     }
   });
@@ -262,13 +276,11 @@ void grad_sums_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t*
   at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double ds = 0, db = 0;
-      {
-        for (int64_t n = 0; n < s.N; ++n) {
-          for (int64_t j = 0; j < tiling.per_plane; ++j) {
-            const int64_t t = tiling.task(n, c, j);
-            ds += partial[2 * t];
-            db += partial[2 * t + 1];
-          }
+      for (int64_t g = 0; g < tiling.groups; ++g) {
+        for (int64_t j = 0; j < tiling.per_plane; ++j) {
+          const int64_t t = tiling.task(g, c, j);
+          ds += partial[2 * t];
+          db += partial[2 * t + 1];
         }
       }
       sum_dy_xmu[c] = static_cast<acc_t>(ds);
@@ -300,8 +312,8 @@ void grad_input_impl(const BatchNormShape& s, const scalar_t* dY, const scalar_t
                         rstd_p.data(), b_p.data(), k_p.data());
       } else {
         const int64_t c = tiling.channel(t);
-        k.grad_input(dy + o, x + o, dx + o, tiling.length(t), a[c], mean[c], rstd[c], b[c],
-                     kc[c]);
+        k.grad_input_planes(dy + o, x + o, dx + o, tiling.planes(t), tiling.length(t),
+                            tiling.stride, a[c], mean[c], rstd[c], b[c], kc[c]);
       }
     }
   });
@@ -337,14 +349,15 @@ void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
   at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       WelfordStat<double> stat{0, 0, 0};
-      for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t g = 0; g < tiling.groups; ++g) {
         for (int64_t j = 0; j < tiling.per_plane; ++j) {
-          const int64_t t = tiling.task(n, c, j);
+          const int64_t t = tiling.task(g, c, j);
           acc_t mean_t, m2_t;
-          k.chunk_stats(x + tiling.offset(t), tiling.length(t), &mean_t, &m2_t);
+          k.planes_stats(x + tiling.offset(t), tiling.planes(t), tiling.length(t), tiling.stride,
+                         &mean_t, &m2_t);
           stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(mean_t),
                                                          static_cast<double>(m2_t),
-                                                         tiling.length(t)});
+                                                         tiling.planes(t) * tiling.length(t)});
         }
       }
       if (welford_overflowed(stat)) {
@@ -358,12 +371,12 @@ void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
       const acc_t scale = weight ? invstd[c] * weight[c] : invstd[c];
       const acc_t shift = bias ? bias[c] : acc_t(0);
       const acc_t m = static_cast<acc_t>(stat.mean);
-      // NB: backwards, so the planes read last (still in L1/L2) are written first.
-      for (int64_t n = s.N - 1; n >= 0; --n) {
+      // NB: backwards, so the chunks read last (still in L1/L2) are written first.
+      for (int64_t g = tiling.groups - 1; g >= 0; --g) {
         for (int64_t j = tiling.per_plane - 1; j >= 0; --j) {
-          const int64_t t = tiling.task(n, c, j);
-          k.normalize(x + tiling.offset(t), y + tiling.offset(t), tiling.length(t), m, scale,
-                      shift);
+          const int64_t t = tiling.task(g, c, j);
+          k.normalize_planes(x + tiling.offset(t), y + tiling.offset(t), tiling.planes(t),
+                             tiling.length(t), tiling.stride, m, scale, shift);
         }
       }
     }
@@ -388,18 +401,13 @@ void train_backward_impl(const BatchNormShape& s, const scalar_t* dY, const scal
   at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double ds = 0, db = 0;
-      for (int64_t n = 0; n < s.N; ++n) {
+      for (int64_t g = 0; g < tiling.groups; ++g) {
         for (int64_t j = 0; j < tiling.per_plane; ++j) {
-          const int64_t t = tiling.task(n, c, j);
-          const int64_t o = tiling.offset(t), len = tiling.length(t);
-          double ds_t = 0, db_t = 0;
-          for (int64_t i = 0; i < len; i += kSumPiece) {
-            acc_t ds_i, db_i;
-            k.grad_sums(dy + o + i, x + o + i, std::min(kSumPiece, len - i), mean[c], &ds_i,
-                        &db_i);
-            ds_t += ds_i;
-            db_t += db_i;
-          }
+          const int64_t t = tiling.task(g, c, j);
+          const int64_t o = tiling.offset(t);
+          double ds_t, db_t;
+          k.grad_sums_planes(dy + o, x + o, tiling.planes(t), tiling.length(t), tiling.stride,
+                             mean[c], &ds_t, &db_t);
           ds += ds_t;
           db += db_t;
         }
@@ -410,11 +418,12 @@ void train_backward_impl(const BatchNormShape& s, const scalar_t* dY, const scal
       const acc_t a = weight ? invstd[c] * weight[c] : invstd[c];
       const acc_t b = -a * (sum_dy_xmu[c] * invstd[c] * inv_count);
       const acc_t kc = -a * (sum_dy[c] * inv_count);
-      for (int64_t n = s.N - 1; n >= 0; --n) {
+      for (int64_t g = tiling.groups - 1; g >= 0; --g) {
         for (int64_t j = tiling.per_plane - 1; j >= 0; --j) {
-          const int64_t t = tiling.task(n, c, j);
+          const int64_t t = tiling.task(g, c, j);
           const int64_t o = tiling.offset(t);
-          k.grad_input(dy + o, x + o, dx + o, tiling.length(t), a, mean[c], invstd[c], b, kc);
+          k.grad_input_planes(dy + o, x + o, dx + o, tiling.planes(t), tiling.length(t),
+                              tiling.stride, a, mean[c], invstd[c], b, kc);
         }
       }
     }

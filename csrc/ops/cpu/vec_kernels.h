@@ -31,6 +31,10 @@ constexpr int64_t padded_channels(int64_t C) {
 
 // Largest n chunk_stats accepts: 16 KB of fp32, so a chunk's passes run from L1.
 constexpr int64_t kMaxChunkElems = 4096;
+// Values per piece of grad_sums_planes: summed in acc_t lanes, then added in double (a sum of
+// dy * (x - mean) need not be centered, e.g. with running statistics, and long fp32 lane sums
+// lose ulps): 8 terms per fp32 lane with AVX-512.
+constexpr int64_t kGradSumPiece = 256;
 // Most rows one row_grad_input call takes.
 constexpr int64_t kMaxGradRows = 4;
 
@@ -63,6 +67,24 @@ struct VecKernels {
   void (*grad_input_cl)(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const acc_t* a_c,
                         const acc_t* mean_c, const acc_t* rstd_c, const acc_t* b_c,
                         const acc_t* c_c);
+
+  // ---- BatchNorm NCHW chunks (ops/cpu/batch_norm_kernel.cpp): `planes` runs of `len` contiguous
+  // values, `stride` elements apart (one channel in consecutive samples), as one chunk, so small
+  // planes (7x7, 14x14) cost one call, one set of lane reductions and one merge per chunk rather
+  // than per plane.
+  // Mean and M2 of the runs (planes * len <= kMaxChunkElems).
+  void (*planes_stats)(const T* x, int64_t planes, int64_t len, int64_t stride, acc_t* mean,
+                       acc_t* m2);
+  // normalize over the runs.
+  void (*normalize_planes)(const T* x, T* y, int64_t planes, int64_t len, int64_t stride,
+                           acc_t mean, acc_t scale, acc_t bias);
+  // ds = sum dy * (x - mean), db = sum dy over the runs, in double from pieces of kGradSumPiece
+  // values summed in acc_t lanes.
+  void (*grad_sums_planes)(const T* dy, const T* x, int64_t planes, int64_t len, int64_t stride,
+                           acc_t mean, double* ds, double* db);
+  // grad_input over the runs.
+  void (*grad_input_planes)(const T* dy, const T* x, T* dx, int64_t planes, int64_t len,
+                            int64_t stride, acc_t a, acc_t mean, acc_t rstd, acc_t b, acc_t c);
 
   // ---- Row norms (LayerNorm, RMSNorm; ops/cpu/layer_norm_kernel.cpp) ----
   // gamma / beta: per-element parameters of the row in acc_t, or nullptr (1 / 0).

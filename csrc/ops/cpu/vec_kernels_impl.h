@@ -412,6 +412,43 @@ void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_o
   }
 }
 
+// Mean and M2 of `planes` runs of `len` values, `stride` elements apart (planes * len <=
+// kMaxChunkElems), as one chunk: the first pass sums the runs and gathers them (widened) into an
+// L1 buffer, the second is chunk_stats' over the buffer.
+template <typename T>
+void planes_stats(const T* x, int64_t planes, int64_t len, int64_t stride, acc_type<T>* mean_out,
+                  acc_type<T>* m2_out) {
+  using A = acc_type<T>;
+  if (planes == 1) {
+    chunk_stats<T>(x, len, mean_out, m2_out);
+    return;
+  }
+  constexpr int L = kLanes<T>;
+  alignas(64) A buf[kMaxChunkElems];
+  vacc<T> s0{}, s1{};
+  A* out = buf;
+  for (int64_t p = 0; p < planes; ++p, out += len) {
+    const T* xp = x + p * stride;
+    int64_t i = 0;
+    for (; i + 2 * L <= len; i += 2 * L) {
+      const vacc<T> v0 = Io<T>::load(xp + i), v1 = Io<T>::load(xp + i + L);
+      s0 += v0;
+      s1 += v1;
+      Io<A>::store(out + i, v0);
+      Io<A>::store(out + i + L, v1);
+    }
+    for (; i < len; i += L) {
+      const int64_t m = std::min<int64_t>(L, len - i);
+      const vacc<T> v = load_n(xp + i, m);  // padded lanes are zero
+      s0 += v;
+      store_n(out + i, v, m);
+    }
+  }
+  const int64_t n = planes * len;
+  const A mean = reduce_lanes(s0 + s1) / static_cast<A>(n);
+  centered_stats<0>(buf, n, mean, nullptr, mean_out, m2_out);
+}
+
 template <typename T>
 void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>* ds_out,
                acc_type<T>* db_out) {
@@ -441,14 +478,73 @@ void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>
   *db_out = reduce_lanes(db0 + db1);
 }
 
-// dx = a * dy + b * ((x - mean) * rstd) + c; dy stored as T, or as acc_t (grad_input_from_g).
-template <typename T, typename G, bool kStream>
-void grad_input_impl(const G* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
-                     acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
-  const StreamFence<kStream> fence;
+// ds = sum dy * (x - mean), db = sum dy over `planes` runs of `len` values, `stride` elements
+// apart. Pieces of kGradSumPiece values (whole runs when shorter, so that a 7x7 plane does not
+// pay a flush of its own) are summed in vector lanes, which are then added lane by lane to
+// double accumulators, summed pairwise at the end: a handful of fp32 terms per lane, the rest
+// in double, and no horizontal reduction per piece.
+template <typename T>
+void grad_sums_planes(const T* dy, const T* x, int64_t planes, int64_t len, int64_t stride,
+                      acc_type<T> mean, double* ds_out, double* db_out) {
   constexpr int L = kLanes<T>;
-  const vacc<T> va = splat<T>(a), vmean = splat<T>(mean), vrstd = splat<T>(rstd),
-                vb = splat<T>(b), vc = splat<T>(c);
+  const vacc<T> vmean = splat<T>(mean);
+  vacc<T> ds0{}, ds1{}, db0{}, db1{};
+  double ds_lanes[L] = {}, db_lanes[L] = {};
+  int64_t pending = 0;
+  auto flush = [&] {
+    const vacc<T> ds = ds0 + ds1, db = db0 + db1;
+    for (int l = 0; l < L; ++l) {
+      ds_lanes[l] += static_cast<double>(ds[l]);
+      db_lanes[l] += static_cast<double>(db[l]);
+    }
+    ds0 = ds1 = db0 = db1 = vacc<T>{};
+    pending = 0;
+  };
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* g = dy + p * stride;
+    const T* xp = x + p * stride;
+    for (int64_t start = 0; start < len; start += kGradSumPiece) {
+      const int64_t end = std::min(len, start + kGradSumPiece);
+      int64_t i = start;
+      for (; i + 2 * L <= end; i += 2 * L) {
+        const vacc<T> g0 = Io<T>::load(g + i), g1 = Io<T>::load(g + i + L);
+        ds0 += g0 * (Io<T>::load(xp + i) - vmean);
+        ds1 += g1 * (Io<T>::load(xp + i + L) - vmean);
+        db0 += g0;
+        db1 += g1;
+      }
+      for (; i < end; i += L) {
+        // padded dy lanes are zero, so the padded x lanes contribute nothing
+        const int64_t m = std::min<int64_t>(L, end - i);
+        const vacc<T> g0 = load_n(g + i, m);
+        ds0 += g0 * (load_n(xp + i, m) - vmean);
+        db0 += g0;
+      }
+      pending += end - start;
+      if (pending >= kGradSumPiece) {
+        flush();
+      }
+    }
+  }
+  if (pending > 0) {
+    flush();
+  }
+  for (int width = L / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) {
+      ds_lanes[l] += ds_lanes[l + width];
+      db_lanes[l] += db_lanes[l + width];
+    }
+  }
+  *ds_out = ds_lanes[0];
+  *db_out = db_lanes[0];
+}
+
+// dx = a * dy + b * ((x - mean) * rstd) + c over n values; dy stored as T, or as acc_t
+// (grad_input_from_g). The caller holds the StreamFence.
+template <typename T, typename G, bool kStream>
+inline void grad_input_run(const G* dy, const T* x, T* dx, int64_t n, vacc<T> va, vacc<T> vmean,
+                           vacc<T> vrstd, vacc<T> vb, vacc<T> vc) {
+  constexpr int L = kLanes<T>;
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
@@ -460,10 +556,30 @@ void grad_input_impl(const G* dy, const T* x, T* dx, int64_t n, acc_type<T> a, a
   }
 }
 
+template <typename T, typename G, bool kStream>
+void grad_input_impl(const G* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
+                     acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
+  const StreamFence<kStream> fence;
+  grad_input_run<T, G, kStream>(dy, x, dx, n, splat<T>(a), splat<T>(mean), splat<T>(rstd),
+                                splat<T>(b), splat<T>(c));
+}
+
 template <typename T, bool kStream>
 void grad_input(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> a, acc_type<T> mean,
                 acc_type<T> rstd, acc_type<T> b, acc_type<T> c) {
   grad_input_impl<T, T, kStream>(dy, x, dx, n, a, mean, rstd, b, c);
+}
+
+template <typename T, bool kStream>
+void grad_input_planes(const T* dy, const T* x, T* dx, int64_t planes, int64_t len, int64_t stride,
+                       acc_type<T> a, acc_type<T> mean, acc_type<T> rstd, acc_type<T> b,
+                       acc_type<T> c) {
+  const StreamFence<kStream> fence;
+  for (int64_t p = 0; p < planes; ++p) {
+    grad_input_run<T, T, kStream>(dy + p * stride, x + p * stride, dx + p * stride, len,
+                                  splat<T>(a), splat<T>(mean), splat<T>(rstd), splat<T>(b),
+                                  splat<T>(c));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1330,18 +1446,34 @@ NORMEXT_DYT_SCHED void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t r
 // the backward recomputes z from x and the statistics and takes g = dy * act'(z) as the gradient
 // of z.
 
+// The caller holds the StreamFence.
 template <int kAct, typename T, bool kStream>
-void normalize_act(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> scale,
-                   acc_type<T> bias) {
-  const StreamFence<kStream> fence;
+inline void normalize_run(const T* x, T* y, int64_t n, vacc<T> vmean, vacc<T> vscale,
+                          vacc<T> vbias) {
   constexpr int L = kLanes<T>;
-  const vacc<T> vmean = splat<T>(mean), vscale = splat<T>(scale), vbias = splat<T>(bias);
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     store_out<kStream>(y + i, act_apply<kAct>((Io<T>::load(x + i) - vmean) * vscale + vbias));
   }
   if (i < n) {
     store_n(y + i, act_apply<kAct>((load_n(x + i, n - i) - vmean) * vscale + vbias), n - i);
+  }
+}
+
+template <int kAct, typename T, bool kStream>
+void normalize_act(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<T> scale,
+                   acc_type<T> bias) {
+  const StreamFence<kStream> fence;
+  normalize_run<kAct, T, kStream>(x, y, n, splat<T>(mean), splat<T>(scale), splat<T>(bias));
+}
+
+template <typename T, bool kStream>
+void normalize_planes(const T* x, T* y, int64_t planes, int64_t len, int64_t stride,
+                      acc_type<T> mean, acc_type<T> scale, acc_type<T> bias) {
+  const StreamFence<kStream> fence;
+  for (int64_t p = 0; p < planes; ++p) {
+    normalize_run<kIdentity, T, kStream>(x + p * stride, y + p * stride, len, splat<T>(mean),
+                                         splat<T>(scale), splat<T>(bias));
   }
 }
 
@@ -1484,6 +1616,8 @@ constexpr VecKernels<T> make_kernels() {
   return {&chunk_stats<T>, &normalize_act<kIdentity, T, kStream>,
           &chunk_stats_cl<T>, &normalize_act_cl<kIdentity, T, kStream>,
           &grad_sums<T>, &grad_input<T, kStream>, &grad_sums_cl<T>, &grad_input_cl<T, kStream>,
+          &planes_stats<T>, &normalize_planes<T, kStream>, &grad_sums_planes<T>,
+          &grad_input_planes<T, kStream>,
           // row norms
           &sum_squares<T>, &normalize_row<T, kStream>, &row_grad_sums<T>,
           &row_grad_input<T, kStream>,
