@@ -45,3 +45,33 @@ def test_every_cpu_table_matches_reference(capability):
         assert float(err) < TOLERANCE[dtype], (capability, dtype, cl, err)
         assert nan_match == "True", (capability, dtype, cl)
         assert grad_finite == "True", (capability, dtype, cl)
+
+
+# Every bf16 and fp16 value through DyT's forward (its tanh for 16-bit outputs is a rational
+# approximation, 3.1e-7 relative): the result must be the fp32 tanh correctly rounded to the
+# dtype, but for values within that error of a rounding midpoint (one ulp off, a handful).
+# Subnormal outputs included (tanh(x) = x there): the native bf16 conversion would flush them.
+DYT_SCRIPT = r"""
+import torch, normext
+for dt in (torch.bfloat16, torch.float16):
+    x = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dt)
+    y = normext.functional.dyt(x, torch.ones(1, dtype=dt))
+    ref = torch.tanh(x.double()).to(dt)
+    nan = torch.isnan(ref)
+    same_nan = bool(torch.equal(torch.isnan(y), nan))
+    ok = ~nan
+    ulp = torch.finfo(dt).eps * ref[ok].double().abs().clamp_min(torch.finfo(dt).tiny)
+    diff = (y[ok].double() - ref[ok].double()).abs()
+    print(str(dt), same_nan, int((diff > 0).sum()), float((diff / ulp).max()))
+"""
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_every_cpu_table_dyt_16bit_outputs(capability):
+    lines = run_with_cpu_capability(DYT_SCRIPT, capability).split("\n")
+    rows = [line.split() for line in lines if line.startswith("torch.")]
+    assert len(rows) == 2
+    for dtype, same_nan, mismatches, max_ulps in rows:
+        assert same_nan == "True", (capability, dtype)
+        assert int(mismatches) <= 16, (capability, dtype, mismatches)
+        assert float(max_ulps) <= 1.0, (capability, dtype, max_ulps)

@@ -93,18 +93,27 @@ struct Io<bf16_t> {
     return v;
 #endif
   }
-  // Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN.
-  static void store(bf16_t* p, vfloat v) {
-#if NORMEXT_VEC_ISA >= 3
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh((__m512)v));
-#elif NORMEXT_VEC_ISA == 2
+#if NORMEXT_VEC_ISA >= 2
+  static __m256i round_bits(vfloat v) {
     const __m512i bits = _mm512_castps_si512((__m512)v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
     __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
     const __mmask16 nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
     rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+  }
+#endif
+  // Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN; subnormals are kept.
+  static void store(bf16_t* p, vfloat v) {
+#if NORMEXT_VEC_ISA >= 3
+    // NB: vcvtneps2bf16 reads subnormal inputs as zero (whatever MXCSR says), so a vector holding
+    // one (a rare event: |v| < 1.2e-38) takes the integer rounding instead.
+    const __m256i out = _mm512_fpclass_ps_mask((__m512)v, 0x20) == 0
+                            ? (__m256i)_mm512_cvtneps_pbh((__m512)v)
+                            : round_bits(v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), out);
+#elif NORMEXT_VEC_ISA == 2
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), round_bits(v));
 #elif NORMEXT_VEC_ISA == 1
     const __m256i bits = _mm256_castps_si256((__m256)v);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
@@ -1090,6 +1099,42 @@ inline vfloat vtanh(vfloat x, vfloat* sech2) {
   return as_float(as_bits(t) | (as_bits(x) & 0x80000000u));
 }
 
+// tanh(x) for values that are then rounded to bf16 or fp16: x P(x^2) / Q(x^2), P and Q of degree 4
+// in x^2 (a minimax fit of the relative error over |x| <= 9; max error over every fp32 input
+// 5.2 ulp, 3.1e-7 relative, about 1/6000 of a bf16 ulp and 1/1600 of an fp16 one). Half of
+// vtanh's instructions, which matters because bf16 DyT is compute-bound: one branch, no exp.
+// |x| is clamped to 8.0013943, where the fraction first rounds to 1 (the clamp keeps NaN: a
+// comparison with NaN is false).
+inline vfloat vtanh_lowp(vfloat x) {
+  constexpr float kClamp = 8.00139427f;
+  vfloat xc = kClamp < x ? vfloat{} + kClamp : x;
+  xc = -kClamp > xc ? vfloat{} - kClamp : xc;
+  const vfloat s = xc * xc;
+  vfloat p = 1.3456451e-08f * s + 2.0685822e-05f;
+  p = p * s + 3.5004225e-03f;
+  p = p * s + 1.3385165e-01f;
+  p = (s * xc) * p + xc;
+  vfloat q = 7.8191425e-07f * s + 3.2934142e-04f;
+  q = q * s + 2.5895579e-02f;
+  q = q * s + 4.6718487e-01f;
+  q = q * s + 1.0f;
+#if NORMEXT_VEC_ISA >= 2
+  // p / q: a 14-bit reciprocal estimate and one Newton step on the quotient (vdivps zmm would
+  // cost as much as everything above)
+  const __m512 r0 = _mm512_rcp14_ps((__m512)q);
+  const __m512 y0 = _mm512_mul_ps((__m512)p, r0);
+  const __m512 e = _mm512_fnmadd_ps((__m512)q, y0, (__m512)p);
+  return (vfloat)_mm512_fmadd_ps(e, r0, y0);
+#elif NORMEXT_VEC_ISA == 1
+  return p / q;
+#else
+  // without FMA the fraction can round just above 1 near the clamp
+  const vfloat t = p / q;
+  const vfloat t1 = 1.0f < t ? vfloat{} + 1.0f : t;
+  return -1.0f > t1 ? vfloat{} - 1.0f : t1;
+#endif
+}
+
 // erf for fp32 lanes, about 1 ulp (N. Juffa's minimax fits: x P(x^2) below 0.9277, else
 // 1 - exp(-|x| Q(|x|)) with the sign of x).
 inline vfloat verf(vfloat x) {
@@ -1243,6 +1288,17 @@ inline vfloat act_grad(vfloat z) {
 
 // ---- DyT leaves ---------------------------------------------------------------------------------
 
+// The forward's tanh: vtanh_lowp when the output is stored as bf16 / fp16, vtanh otherwise. The
+// backward always takes vtanh, whose 1 - tanh^2 keeps its relative precision where tanh saturates.
+template <typename T>
+inline vacc<T> dyt_tanh(vacc<T> u) {
+  if constexpr (std::is_same<T, bf16_t>::value || std::is_same<T, fp16_t>::value) {
+    return vtanh_lowp(u);
+  } else {
+    return vtanh(u, nullptr);
+  }
+}
+
 // NB: tanh is heavy enough that the out-of-order window cannot run ahead to the next cache lines
 // by itself; without a software prefetch the memory time adds to the compute time instead of
 // overlapping it (measured: 1.1 ns per fp32 element vs 0.5 in cache, copy 0.4). A prefetch of
@@ -1282,16 +1338,16 @@ NORMEXT_DYT_SCHED void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> alph
   int64_t i = 0;
   for (; i + 2 * L <= n; i += 2 * L) {
     dyt_prefetch_pair<T>(x + i);
-    const vacc<T> t0 = vtanh(Io<T>::load(x + i) * valpha, nullptr);
-    const vacc<T> t1 = vtanh(Io<T>::load(x + i + L) * valpha, nullptr);
+    const vacc<T> t0 = dyt_tanh<T>(Io<T>::load(x + i) * valpha);
+    const vacc<T> t1 = dyt_tanh<T>(Io<T>::load(x + i + L) * valpha);
     store_out<kStream>(y + i, t0 * vw + vb);
     store_out<kStream>(y + i + L, t1 * vw + vb);
   }
   for (; i + L <= n; i += L) {
-    store_out<kStream>(y + i, vtanh(Io<T>::load(x + i) * valpha, nullptr) * vw + vb);
+    store_out<kStream>(y + i, dyt_tanh<T>(Io<T>::load(x + i) * valpha) * vw + vb);
   }
   if (i < n) {
-    store_n(y + i, vtanh(load_n(x + i, n - i) * valpha, nullptr) * vw + vb, n - i);
+    store_n(y + i, dyt_tanh<T>(load_n(x + i, n - i) * valpha) * vw + vb, n - i);
   }
 }
 
@@ -1307,14 +1363,14 @@ NORMEXT_DYT_SCHED void dyt_forward_cl(const T* x, T* y, int64_t rows, int64_t wi
     T* yr = y + r * ld;
     auto block = [&](int64_t c, auto full) {
       dyt_prefetch(xr + c);
-      const vacc<T> t = vtanh(load_x(xr, c, width, full) * valpha, nullptr);
+      const vacc<T> t = dyt_tanh<T>(load_x(xr, c, width, full) * valpha);
       store_x<kStream>(yr, t * load_acc(w_c, c) + load_acc(b_c, c), c, width, full);
     };
     int64_t c = 0;
     for (; c + 2 * L <= width; c += 2 * L) {
       dyt_prefetch_pair<T>(xr + c);
-      const vacc<T> t0 = vtanh(Io<T>::load(xr + c) * valpha, nullptr);
-      const vacc<T> t1 = vtanh(Io<T>::load(xr + c + L) * valpha, nullptr);
+      const vacc<T> t0 = dyt_tanh<T>(Io<T>::load(xr + c) * valpha);
+      const vacc<T> t1 = dyt_tanh<T>(Io<T>::load(xr + c + L) * valpha);
       store_out<kStream>(yr + c, t0 * load_acc(w_c, c) + load_acc(b_c, c));
       store_out<kStream>(yr + c + L, t1 * load_acc(w_c, c + L) + load_acc(b_c, c + L));
     }
