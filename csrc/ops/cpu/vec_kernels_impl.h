@@ -1100,9 +1100,11 @@ inline vfloat vtanh(vfloat x, vfloat* sech2) {
 }
 
 // tanh(x) for values that are then rounded to bf16 or fp16: x P(x^2) / Q(x^2), P and Q of degree 4
-// in x^2 (a minimax fit of the relative error over |x| <= 9; max error over every fp32 input
-// 5.2 ulp, 3.1e-7 relative, about 1/6000 of a bf16 ulp and 1/1600 of an fp16 one). Half of
-// vtanh's instructions, which matters because bf16 DyT is compute-bound: one branch, no exp.
+// in x^2 with P(0) = Q(0) = 1 (fitted for this file: Lawson's iteratively reweighted least squares
+// on the linearized relative error over 22000 points of [0, 9], rounded to fp32). Max error over
+// every fp32 input, measured exhaustively: 5.2 ulp, 3.1e-7 relative, about 1/6000 of a bf16 ulp
+// and 1/1600 of an fp16 one. Half of vtanh's instructions, which matters because bf16 DyT is
+// compute-bound: one branch, no exp.
 // |x| is clamped to 8.0013943, where the fraction first rounds to 1 (the clamp keeps NaN: a
 // comparison with NaN is false).
 inline vfloat vtanh_lowp(vfloat x) {
