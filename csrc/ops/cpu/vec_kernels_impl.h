@@ -1290,14 +1290,31 @@ inline vfloat act_grad(vfloat z) {
 
 // ---- DyT leaves ---------------------------------------------------------------------------------
 
-// The forward's tanh: vtanh_lowp when the output is stored as bf16 / fp16, vtanh otherwise. The
-// backward always takes vtanh, whose 1 - tanh^2 keeps its relative precision where tanh saturates.
+// tanh for DyT: vtanh_lowp when the results are stored as bf16 / fp16, vtanh otherwise.
+template <typename T>
+constexpr bool kLowpTanh = std::is_same<T, bf16_t>::value || std::is_same<T, fp16_t>::value;
+
 template <typename T>
 inline vacc<T> dyt_tanh(vacc<T> u) {
-  if constexpr (std::is_same<T, bf16_t>::value || std::is_same<T, fp16_t>::value) {
+  if constexpr (kLowpTanh<T>) {
     return vtanh_lowp(u);
   } else {
     return vtanh(u, nullptr);
+  }
+}
+
+// tanh and sech^2 = 1 - tanh^2 for the backward. fp32 / fp64: vtanh's, full relative precision
+// where tanh saturates. bf16 / fp16: 1 - t^2 from vtanh_lowp, absolute error below 7e-7, which
+// is below half a bf16 ulp of sech^2 up to |u| = 4.4 (and of dx wherever sech^2 is not negligible
+// next to its peak of 1; torch's bf16 autograd takes 1 - t^2 of a bf16-rounded t, ~1e-2 off).
+template <typename T>
+inline vacc<T> dyt_tanh_sech2(vacc<T> u, vacc<T>* sech2) {
+  if constexpr (kLowpTanh<T>) {
+    const vacc<T> t = vtanh_lowp(u);
+    *sech2 = 1.0f - t * t;
+    return t;
+  } else {
+    return vtanh(u, sech2);
   }
 }
 
@@ -1410,7 +1427,7 @@ void dyt_backward(const T* dy, const T* x, T* dx, int64_t n, acc_type<T> alpha, 
       flush();
     }
     vacc<T> sech2;
-    const vacc<T> t = vtanh(xv * valpha, &sech2);
+    const vacc<T> t = dyt_tanh_sech2<T>(xv * valpha, &sech2);
     s_dyt += g * t;
     s_dy += g;
     const vacc<T> gu = g * vw * sech2;  // gradient at u = alpha * x
@@ -1460,7 +1477,7 @@ NORMEXT_DYT_SCHED void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t r
     // gradient at u = alpha * x of the block at c; the sums in channel order
     auto grad_u = [&](vacc<T> g, vacc<T> xv, int64_t c) {
       vacc<T> sech2;
-      const vacc<T> t = vtanh(xv * valpha, &sech2);
+      const vacc<T> t = dyt_tanh_sech2<T>(xv * valpha, &sech2);
       store_acc(sum_dyt_c, load_acc(sum_dyt_c, c) + g * t, c);
       store_acc(sum_dy_c, load_acc(sum_dy_c, c) + g, c);
       return g * load_acc(w_c, c) * sech2;
