@@ -31,9 +31,9 @@ constexpr int64_t padded_channels(int64_t C) {
 
 // Largest n chunk_stats accepts: 16 KB of fp32, so a chunk's passes run from L1.
 constexpr int64_t kMaxChunkElems = 4096;
-// Values per piece of grad_sums_planes: summed in acc_t lanes, then added in double (a sum of
-// dy * (x - mean) need not be centered, e.g. with running statistics, and long fp32 lane sums
-// lose ulps): 8 terms per fp32 lane with AVX-512.
+// Values per piece of grad_sums_planes for bf16 / fp16 input: summed in fp32 lanes, then added in
+// double (a sum of dy * (x - mean) need not be centered, e.g. with running statistics, and long
+// fp32 lane sums lose ulps): 8 terms per lane with AVX-512.
 constexpr int64_t kGradSumPiece = 256;
 // Most rows one row_grad_input call takes.
 constexpr int64_t kMaxGradRows = 4;
@@ -78,8 +78,8 @@ struct VecKernels {
   // normalize over the runs.
   void (*normalize_planes)(const T* x, T* y, int64_t planes, int64_t len, int64_t stride,
                            acc_t mean, acc_t scale, acc_t bias);
-  // ds = sum dy * (x - mean), db = sum dy over the runs, in double from pieces of kGradSumPiece
-  // values summed in acc_t lanes.
+  // ds = sum dy * (x - mean), db = sum dy over the runs, added in double (fp32: every four
+  // vectors; bf16 / fp16: every kGradSumPiece values).
   void (*grad_sums_planes)(const T* dy, const T* x, int64_t planes, int64_t len, int64_t stride,
                            acc_t mean, double* ds, double* db);
   // grad_input over the runs.

@@ -36,6 +36,17 @@ typedef int64_t vint64 __attribute__((vector_size(kVecBytes)));
 typedef uint16_t vu16 __attribute__((vector_size(kVecBytes / 2)));
 typedef uint32_t vu32 __attribute__((vector_size(kVecBytes)));
 
+typedef float vfloat_half __attribute__((vector_size(kVecBytes / 2)));
+
+// The two halves of an fp32 vector, widened to double (exactly).
+inline void widen_halves(vfloat v, vdouble* lo, vdouble* hi) {
+  vfloat_half a, b;
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+  *lo = __builtin_convertvector(a, vdouble);
+  *hi = __builtin_convertvector(b, vdouble);
+}
+
 template <typename acc_t>
 struct Vec;
 template <>
@@ -488,14 +499,63 @@ void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>
 }
 
 // ds = sum dy * (x - mean), db = sum dy over `planes` runs of `len` values, `stride` elements
-// apart. Pieces of kGradSumPiece values (whole runs when shorter, so that a 7x7 plane does not
-// pay a flush of its own) are summed in vector lanes, which are then added lane by lane to
-// double accumulators, summed pairwise at the end: a handful of fp32 terms per lane, the rest
-// in double, and no horizontal reduction per piece.
+// apart. fp32 input: sums in double, as ATen's CPU batch_norm_backward takes them (the sums span
+// N x HxW values; long fp32 lane sums would cost dweight a few ulps).
+// bf16 / fp16 input: pieces of kGradSumPiece values (whole runs when shorter, so that a 7x7
+// plane does not pay a flush of its own) are summed in fp32 lanes, then added lane by lane to
+// double accumulators, summed pairwise at the end.
 template <typename T>
 void grad_sums_planes(const T* dy, const T* x, int64_t planes, int64_t len, int64_t stride,
                       acc_type<T> mean, double* ds_out, double* db_out) {
   constexpr int L = kLanes<T>;
+  if constexpr (std::is_same<T, float>::value) {
+    // NB: four vectors of products are added pairwise in fp32 (two roundings on sums of four
+    // terms), and only that sum is widened and added in double: most of the precision of
+    // double products at a third of the widening.
+    const vfloat vmean = splat<T>(mean);
+    vdouble ds_lo{}, ds_hi{}, db_lo{}, db_hi{};
+    auto add_wide = [](vfloat v, vdouble& lo, vdouble& hi) {
+      vdouble a, b;
+      widen_halves(v, &a, &b);
+      lo += a;
+      hi += b;
+    };
+    for (int64_t p = 0; p < planes; ++p) {
+      const float* g = dy + p * stride;
+      const float* xp = x + p * stride;
+      int64_t i = 0;
+      for (; i + 4 * L <= len; i += 4 * L) {
+        const vfloat g0 = Io<float>::load(g + i), g1 = Io<float>::load(g + i + L),
+                     g2 = Io<float>::load(g + i + 2 * L), g3 = Io<float>::load(g + i + 3 * L);
+        const vfloat s = (g0 * (Io<float>::load(xp + i) - vmean) +
+                          g1 * (Io<float>::load(xp + i + L) - vmean)) +
+                         (g2 * (Io<float>::load(xp + i + 2 * L) - vmean) +
+                          g3 * (Io<float>::load(xp + i + 3 * L) - vmean));
+        add_wide(s, ds_lo, ds_hi);
+        add_wide((g0 + g1) + (g2 + g3), db_lo, db_hi);
+      }
+      if (i < len) {
+        // The last (up to four) vectors of the run, summed in fp32 and widened once.
+        vfloat s{}, gs{};
+        for (; i + L <= len; i += L) {
+          const vfloat g0 = Io<float>::load(g + i);
+          s += g0 * (Io<float>::load(xp + i) - vmean);
+          gs += g0;
+        }
+        if (i < len) {
+          // padded dy lanes are zero, so the padded x lanes contribute nothing
+          const vfloat g0 = load_n(g + i, len - i);
+          s += g0 * (load_n(xp + i, len - i) - vmean);
+          gs += g0;
+        }
+        add_wide(s, ds_lo, ds_hi);
+        add_wide(gs, db_lo, db_hi);
+      }
+    }
+    *ds_out = reduce_lanes(ds_lo + ds_hi);
+    *db_out = reduce_lanes(db_lo + db_hi);
+    return;
+  }
   const vacc<T> vmean = splat<T>(mean);
   vacc<T> ds0{}, ds1{}, db0{}, db1{};
   double ds_lanes[L] = {}, db_lanes[L] = {};
