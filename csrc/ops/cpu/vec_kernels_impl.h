@@ -469,12 +469,11 @@ void planes_stats(const T* x, int64_t planes, int64_t len, int64_t stride, acc_t
   centered_stats<0>(buf, n, mean, nullptr, mean_out, m2_out);
 }
 
+// ds0 + ds1 += dy * (x - mean), db0 + db1 += dy over n contiguous values, in a fixed lane order.
 template <typename T>
-void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>* ds_out,
-               acc_type<T>* db_out) {
+inline void accumulate_grad_sums(const T* dy, const T* x, int64_t n, vacc<T> vmean, vacc<T>& ds0,
+                                 vacc<T>& ds1, vacc<T>& db0, vacc<T>& db1) {
   constexpr int L = kLanes<T>;
-  const vacc<T> vmean = splat<T>(mean);
-  vacc<T> ds0{}, ds1{}, db0{}, db1{};
   int64_t i = 0;
   for (; i + 2 * L <= n; i += 2 * L) {
     const vacc<T> g0 = Io<T>::load(dy + i), g1 = Io<T>::load(dy + i + L);
@@ -494,6 +493,13 @@ void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>
     ds1 += g * (load_n(x + i, n - i) - vmean);
     db1 += g;
   }
+}
+
+template <typename T>
+void grad_sums(const T* dy, const T* x, int64_t n, acc_type<T> mean, acc_type<T>* ds_out,
+               acc_type<T>* db_out) {
+  vacc<T> ds0{}, ds1{}, db0{}, db1{};
+  accumulate_grad_sums(dy, x, n, splat<T>(mean), ds0, ds1, db0, db1);
   *ds_out = reduce_lanes(ds0 + ds1);
   *db_out = reduce_lanes(db0 + db1);
 }
@@ -536,76 +542,51 @@ void grad_sums_planes(const T* dy, const T* x, int64_t planes, int64_t len, int6
       }
       if (i < len) {
         // The last (up to four) vectors of the run, summed in fp32 and widened once.
-        vfloat s{}, gs{};
-        for (; i + L <= len; i += L) {
-          const vfloat g0 = Io<float>::load(g + i);
-          s += g0 * (Io<float>::load(xp + i) - vmean);
-          gs += g0;
-        }
-        if (i < len) {
-          // padded dy lanes are zero, so the padded x lanes contribute nothing
-          const vfloat g0 = load_n(g + i, len - i);
-          s += g0 * (load_n(xp + i, len - i) - vmean);
-          gs += g0;
-        }
-        add_wide(s, ds_lo, ds_hi);
-        add_wide(gs, db_lo, db_hi);
+        vfloat s0{}, s1{}, b0{}, b1{};
+        accumulate_grad_sums(g + i, xp + i, len - i, vmean, s0, s1, b0, b1);
+        add_wide(s0 + s1, ds_lo, ds_hi);
+        add_wide(b0 + b1, db_lo, db_hi);
       }
     }
     *ds_out = reduce_lanes(ds_lo + ds_hi);
     *db_out = reduce_lanes(db_lo + db_hi);
-    return;
-  }
-  const vacc<T> vmean = splat<T>(mean);
-  vacc<T> ds0{}, ds1{}, db0{}, db1{};
-  double ds_lanes[L] = {}, db_lanes[L] = {};
-  int64_t pending = 0;
-  auto flush = [&] {
-    const vacc<T> ds = ds0 + ds1, db = db0 + db1;
-    for (int l = 0; l < L; ++l) {
-      ds_lanes[l] += static_cast<double>(ds[l]);
-      db_lanes[l] += static_cast<double>(db[l]);
-    }
-    ds0 = ds1 = db0 = db1 = vacc<T>{};
-    pending = 0;
-  };
-  for (int64_t p = 0; p < planes; ++p) {
-    const T* g = dy + p * stride;
-    const T* xp = x + p * stride;
-    for (int64_t start = 0; start < len; start += kGradSumPiece) {
-      const int64_t end = std::min(len, start + kGradSumPiece);
-      int64_t i = start;
-      for (; i + 2 * L <= end; i += 2 * L) {
-        const vacc<T> g0 = Io<T>::load(g + i), g1 = Io<T>::load(g + i + L);
-        ds0 += g0 * (Io<T>::load(xp + i) - vmean);
-        ds1 += g1 * (Io<T>::load(xp + i + L) - vmean);
-        db0 += g0;
-        db1 += g1;
+  } else {
+    const vacc<T> vmean = splat<T>(mean);
+    vacc<T> ds0{}, ds1{}, db0{}, db1{};
+    double ds_lanes[L] = {}, db_lanes[L] = {};
+    int64_t pending = 0;
+    auto flush = [&] {
+      const vacc<T> ds = ds0 + ds1, db = db0 + db1;
+      for (int l = 0; l < L; ++l) {
+        ds_lanes[l] += static_cast<double>(ds[l]);
+        db_lanes[l] += static_cast<double>(db[l]);
       }
-      for (; i < end; i += L) {
-        // padded dy lanes are zero, so the padded x lanes contribute nothing
-        const int64_t m = std::min<int64_t>(L, end - i);
-        const vacc<T> g0 = load_n(g + i, m);
-        ds0 += g0 * (load_n(xp + i, m) - vmean);
-        db0 += g0;
-      }
-      pending += end - start;
-      if (pending >= kGradSumPiece) {
-        flush();
+      ds0 = ds1 = db0 = db1 = vacc<T>{};
+      pending = 0;
+    };
+    for (int64_t p = 0; p < planes; ++p) {
+      for (int64_t start = 0; start < len; start += kGradSumPiece) {
+        const int64_t n = std::min(kGradSumPiece, len - start);
+        accumulate_grad_sums(dy + p * stride + start, x + p * stride + start, n, vmean, ds0, ds1,
+                             db0, db1);
+        pending += n;
+        if (pending >= kGradSumPiece) {
+          flush();
+        }
       }
     }
-  }
-  if (pending > 0) {
-    flush();
-  }
-  for (int width = L / 2; width > 0; width /= 2) {
-    for (int l = 0; l < width; ++l) {
-      ds_lanes[l] += ds_lanes[l + width];
-      db_lanes[l] += db_lanes[l + width];
+    if (pending > 0) {
+      flush();
     }
+    for (int width = L / 2; width > 0; width /= 2) {
+      for (int l = 0; l < width; ++l) {
+        ds_lanes[l] += ds_lanes[l + width];
+        db_lanes[l] += db_lanes[l + width];
+      }
+    }
+    *ds_out = ds_lanes[0];
+    *db_out = db_lanes[0];
   }
-  *ds_out = ds_lanes[0];
-  *db_out = db_lanes[0];
 }
 
 // dx = a * dy + b * ((x - mean) * rstd) + c over n values; dy stored as T, or as acc_t
