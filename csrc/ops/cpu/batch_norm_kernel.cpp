@@ -72,7 +72,8 @@ struct Tiling {
   int64_t task(int64_t g, int64_t c, int64_t j) const { return (g * s.C + c) * per_plane + j; }
 };
 
-// Rows of a channels-last block whose gradient sums are added in double (NCHW: kGradSumPiece).
+// Rows of a channels-last block whose gradient sums are added in double (NCHW: see
+// grad_sums_planes).
 constexpr int64_t kSumRows = 32;
 
 // Per-channel arrays padded to padded_channels(C), as the channels-last loops load whole vectors.
