@@ -134,21 +134,25 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   auto finalize = [&](int64_t group, WelfordStat<double> stat) {
     finalize_group(stat, eps, X + group * L, 1, L, L, mean + group, rstd + group);
   };
-  auto normalize_row = [&](int64_t row, int64_t begin, int64_t end) {
+  auto normalize_row = [&](int64_t row, int64_t begin, int64_t end, const T* prefetch) {
     const int64_t group = (row / s.C) * s.G + (row % s.C) / D;
     const int64_t c = row % s.C;
     auto* normalize = fusion.act ? k.normalize_act[fusion.act - 1] : k.normalize;
     normalize(x + row * s.HxW + begin, y + row * s.HxW + begin, end - begin, mean[group],
-              rstd[group] * p.weight(c), p.bias(c));
+              rstd[group] * p.weight(c), p.bias(c), prefetch);
   };
 
-  // Normalizes elements [begin, end) of a group, one channel row segment at a time.
-  auto normalize_span = [&](int64_t group, int64_t begin, int64_t end) {
+  // Normalizes elements [begin, end) of a group, one channel row segment at a time, prefetching
+  // as many values from `prefetch` on (null: none).
+  auto normalize_span = [&](int64_t group, int64_t begin, int64_t end, const T* prefetch) {
     const int64_t first_row = (group / s.G) * s.C + (group % s.G) * D;
     while (begin < end) {
       const int64_t d = begin / s.HxW, col = begin % s.HxW;
       const int64_t stop = std::min(end, (d + 1) * s.HxW);
-      normalize_row(first_row + d, col, col + (stop - begin));
+      normalize_row(first_row + d, col, col + (stop - begin), prefetch);
+      if (prefetch != nullptr) {
+        prefetch += stop - begin;
+      }
       begin = stop;
     }
   };
@@ -170,7 +174,14 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
           if (has_next) {
             next = welford_merge(next, chunk_stat(group + 1, j));
           }
-          normalize_span(group, j * kChunkElems, std::min(L, (j + 1) * kChunkElems));
+          // NB: the chunk the next chunk_stat reads (chunk j + 1 of the next group, or chunk 0
+          // of the one after it) is prefetched while this one is normalized, so its memory time
+          // overlaps the normalize's compute (an activation makes it compute-bound) instead of
+          // following it.
+          const int64_t next_offset = j + 1 < nchunk ? (group + 1) * L + (j + 1) * kChunkElems
+                                                     : (group + 2) * L;
+          const T* prefetch = has_next && next_offset < end * L ? x + next_offset : nullptr;
+          normalize_span(group, j * kChunkElems, std::min(L, (j + 1) * kChunkElems), prefetch);
         }
         if (has_next) {
           finalize(group + 1, next);
@@ -199,7 +210,7 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   at::parallel_for(0, s.N * s.C * row_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = (t % row_blocks) * kChunkElems;
-      normalize_row(t / row_blocks, b, std::min(s.HxW, b + kChunkElems));
+      normalize_row(t / row_blocks, b, std::min(s.HxW, b + kChunkElems), nullptr);
     }
   });
 }

@@ -47,7 +47,8 @@ struct VecKernels {
   // Mean and M2 of n <= kMaxChunkElems contiguous values (two passes over data in L1).
   void (*chunk_stats)(const T* x, int64_t n, acc_t* mean, acc_t* m2);
   // y = (x - mean) * scale + bias over n contiguous values.
-  void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
+  void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias,
+                    const T* prefetch);
   // Per-group mean and M2 (G = C / D groups of D adjacent channels) of a rows x C block;
   // scratch holds 3 * padded_channels(C) accumulators.
   void (*chunk_stats_cl)(const T* x, int64_t rows, int64_t C, int64_t D, acc_t* scratch,
@@ -123,7 +124,8 @@ struct VecKernels {
 
   // ---- fused GroupNorm activations (index = activation - 1: silu, gelu, gelu_tanh, relu) ----
   // y = act((x - mean) * scale + bias), as normalize / normalize_cl.
-  void (*normalize_act[4])(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias);
+  void (*normalize_act[4])(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias,
+                           const T* prefetch);
   void (*normalize_act_cl[4])(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
                               const acc_t* scale_c, const acc_t* bias_c);
   // As grad_sums / grad_input with dy replaced by g = dy * act'(z), z = (x - mean) * scale + bias
