@@ -40,6 +40,21 @@ def activation_code(activation: Optional[str]) -> int:
         ) from None
 
 
+def _under_cuda_autocast(*tensors):
+    """The tensors as torch's CUDA autocast hands them to group_norm, layer_norm and rms_norm:
+    ATen's fp32 cast policy for these ops (AT_FORALL_FP32 in ATen/autocast_mode.h) casts every
+    floating CUDA tensor except double to float32, so they compute and return float32 (a model
+    converted to normext keeps its dtypes under torch.autocast). Unchanged outside CUDA autocast;
+    CPU autocast leaves these ops alone, as it does torch's."""
+    if not torch.is_autocast_enabled("cuda"):
+        return tensors
+    return tuple(
+        t.float() if t is not None and t.is_cuda and t.is_floating_point()
+        and t.dtype != torch.float64 else t
+        for t in tensors
+    )
+
+
 def _check_inplace_allowed(*tensors) -> None:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
@@ -88,6 +103,8 @@ def group_norm(
     act = _check_group_norm_args(input, num_groups, activation)
     if inplace:
         _check_inplace_allowed(input, weight, bias)
+    else:
+        input, weight, bias = _under_cuda_autocast(input, weight, bias)
     if _reference.needed():
         y = _reference.group_norm(input, num_groups, weight, bias, eps, act)
         return input.copy_(y) if inplace else y
@@ -130,6 +147,7 @@ def layer_norm(
             eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "layer_norm", 2)
+    input, weight, bias = _under_cuda_autocast(input, weight, bias)
     if _reference.needed():
         return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
     return _layer_norm_forward(input, shape, weight, bias, eps)[0]
@@ -148,6 +166,7 @@ def rms_norm(
             rms_norm, (input, weight), input, normalized_shape, weight=weight, eps=eps
         )
     shape = _normalized_shape(normalized_shape, "rms_norm", 2)
+    input, weight = _under_cuda_autocast(input, weight)
     if input.is_complex() or _reference.needed():
         # torch's rms_norm also takes complex input; normext's kernels are real, so torch's own
         # composite serves it (and the torch.func transforms, see _reference).
