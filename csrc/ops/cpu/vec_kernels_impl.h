@@ -1233,13 +1233,21 @@ template <typename T>
 inline void prefetch_ahead(const T* p) {
   __builtin_prefetch(reinterpret_cast<const char*>(p) + kPrefetchAheadBytes, 0, 3);
 }
-// The lines of two consecutive vectors (one line when they are 32 bytes each).
+// The lines of two consecutive vectors at p (one line when they are 32 bytes each).
+template <typename T>
+inline void prefetch_pair(const T* p) {
+  __builtin_prefetch(p, 0, 3);
+  if constexpr (sizeof(T) * kLanes<T> >= 64) {
+    __builtin_prefetch(p + kLanes<T>, 0, 3);
+  }
+}
+template <typename T>
+inline T* lines_ahead(T* p) {
+  return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes);
+}
 template <typename T>
 inline void prefetch_ahead_pair(const T* p) {
-  prefetch_ahead(p);
-  if constexpr (sizeof(T) * kLanes<T> >= 64) {
-    prefetch_ahead(p + kLanes<T>);
-  }
+  prefetch_pair(lines_ahead(p));
 }
 
 // NB: the heavy leaves take two vectors per step, in one basic block, and GCC's pre-register-
@@ -1577,21 +1585,11 @@ inline void normalize_run(const T* x, T* y, int64_t n, vacc<T> vmean, vacc<T> vs
                           vacc<T> vbias, const T* prefetch = nullptr) {
   constexpr int L = kLanes<T>;
   int64_t i = 0;
-  if (prefetch != nullptr) {
-    // two vectors per step: 128 bytes of fp32 (two lines), 64 of bf16 / fp16 (one)
+  if (kAct != kIdentity || prefetch != nullptr) {
+    // two vectors (two chains) per step, fetching the lines `prefetch` or x holds 1 KB ahead
+    const T* fetch = prefetch != nullptr ? prefetch : lines_ahead(x);
     for (; i + 2 * L <= n; i += 2 * L) {
-      __builtin_prefetch(prefetch + i, 0, 3);
-      if constexpr (sizeof(T) * kLanes<T> >= 64) {
-        __builtin_prefetch(prefetch + i + L, 0, 3);
-      }
-      const vacc<T> y0 = act_apply<kAct>((Io<T>::load(x + i) - vmean) * vscale + vbias);
-      const vacc<T> y1 = act_apply<kAct>((Io<T>::load(x + i + L) - vmean) * vscale + vbias);
-      store_out<kStream>(y + i, y0);
-      store_out<kStream>(y + i + L, y1);
-    }
-  } else if constexpr (kAct != kIdentity) {
-    for (; i + 2 * L <= n; i += 2 * L) {
-      prefetch_ahead_pair(x + i);
+      prefetch_pair(fetch + i);
       const vacc<T> y0 = act_apply<kAct>((Io<T>::load(x + i) - vmean) * vscale + vbias);
       const vacc<T> y1 = act_apply<kAct>((Io<T>::load(x + i + L) - vmean) * vscale + vbias);
       store_out<kStream>(y + i, y0);
@@ -1642,6 +1640,19 @@ void normalize_act_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<
   }
 }
 
+// g = dy * act'(z) and xc = x - mean of the two vectors at i (the backward leaves' step of two).
+template <int kAct, typename T>
+inline void act_grad_pair(const T* dy, const T* x, int64_t i, vacc<T> vmean, vacc<T> vscale,
+                          vacc<T> vbias, vacc<T>* xc, vacc<T>* g) {
+  constexpr int L = kLanes<T>;
+  prefetch_ahead_pair(dy + i);
+  prefetch_ahead_pair(x + i);
+  xc[0] = Io<T>::load(x + i) - vmean;
+  xc[1] = Io<T>::load(x + i + L) - vmean;
+  g[0] = Io<T>::load(dy + i) * act_grad<kAct>(xc[0] * vscale + vbias);
+  g[1] = Io<T>::load(dy + i + L) * act_grad<kAct>(xc[1] * vscale + vbias);
+}
+
 template <int kAct, typename T>
 NORMEXT_HEAVY_SCHED void grad_sums_act(const T* dy, const T* x, int64_t n, acc_type<T> mean,
                                      acc_type<T> scale, acc_type<T> bias, acc_type<T>* ds_out,
@@ -1653,20 +1664,16 @@ NORMEXT_HEAVY_SCHED void grad_sums_act(const T* dy, const T* x, int64_t n, acc_t
   vacc<T> ds{}, db{}, ds1{}, db1{};
   int64_t i = 0;
   for (; i + 2 * L <= n; i += 2 * L) {
-    prefetch_ahead_pair(dy + i);
-    prefetch_ahead_pair(x + i);
-    const vacc<T> xc0 = Io<T>::load(x + i) - vmean;
-    const vacc<T> xc1 = Io<T>::load(x + i + L) - vmean;
-    const vacc<T> g0 = Io<T>::load(dy + i) * act_grad<kAct>(xc0 * vscale + vbias);
-    const vacc<T> g1 = Io<T>::load(dy + i + L) * act_grad<kAct>(xc1 * vscale + vbias);
+    vacc<T> xc[2], g[2];
+    act_grad_pair<kAct>(dy, x, i, vmean, vscale, vbias, xc, g);
     if (g_out != nullptr) {
-      Io<acc_type<T>>::store(g_out + i, g0);
-      Io<acc_type<T>>::store(g_out + i + L, g1);
+      Io<acc_type<T>>::store(g_out + i, g[0]);
+      Io<acc_type<T>>::store(g_out + i + L, g[1]);
     }
-    ds += g0 * xc0;
-    db += g0;
-    ds1 += g1 * xc1;
-    db1 += g1;
+    ds += g[0] * xc[0];
+    db += g[0];
+    ds1 += g[1] * xc[1];
+    db1 += g[1];
   }
   ds += ds1;
   db += db1;
@@ -1706,14 +1713,10 @@ NORMEXT_HEAVY_SCHED void grad_input_act(const T* dy, const T* x, T* dx, int64_t 
                 vb = splat<T>(b), vc = splat<T>(c), vbias = splat<T>(bias);
   int64_t i = 0;
   for (; i + 2 * L <= n; i += 2 * L) {
-    prefetch_ahead_pair(dy + i);
-    prefetch_ahead_pair(x + i);
-    const vacc<T> xc0 = Io<T>::load(x + i) - vmean;
-    const vacc<T> xc1 = Io<T>::load(x + i + L) - vmean;
-    const vacc<T> g0 = Io<T>::load(dy + i) * act_grad<kAct>(xc0 * va + vbias);
-    const vacc<T> g1 = Io<T>::load(dy + i + L) * act_grad<kAct>(xc1 * va + vbias);
-    store_out<kStream>(dx + i, va * g0 + vb * (xc0 * vrstd) + vc);
-    store_out<kStream>(dx + i + L, va * g1 + vb * (xc1 * vrstd) + vc);
+    vacc<T> xc[2], g[2];
+    act_grad_pair<kAct>(dy, x, i, vmean, va, vbias, xc, g);
+    store_out<kStream>(dx + i, va * g[0] + vb * (xc[0] * vrstd) + vc);
+    store_out<kStream>(dx + i + L, va * g[1] + vb * (xc[1] * vrstd) + vc);
   }
   for (; i + L <= n; i += L) {
     prefetch_ahead(dy + i);
