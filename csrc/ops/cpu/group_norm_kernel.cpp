@@ -175,12 +175,12 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
             next = welford_merge(next, chunk_stat(group + 1, j));
           }
           // NB: the chunk the next chunk_stat reads (chunk j + 1 of the next group, or chunk 0
-          // of the one after it) is prefetched while this one is normalized, so its memory time
-          // overlaps the normalize's compute (an activation makes it compute-bound) instead of
-          // following it.
+          // of the one after it; of the input x_in with a residual, whose sum it writes) is
+          // prefetched while this one is normalized, so its memory time overlaps the normalize's
+          // compute (an activation makes it compute-bound) instead of following it.
           const int64_t next_offset = j + 1 < nchunk ? (group + 1) * L + (j + 1) * kChunkElems
                                                      : (group + 2) * L;
-          const T* prefetch = has_next && next_offset < end * L ? x + next_offset : nullptr;
+          const T* prefetch = has_next && next_offset < end * L ? x_in + next_offset : nullptr;
           normalize_span(group, j * kChunkElems, std::min(L, (j + 1) * kChunkElems), prefetch);
         }
         if (has_next) {
