@@ -1230,8 +1230,12 @@ inline vdouble vtanh(vdouble x, vdouble* sech2) {
 #endif
 constexpr int64_t kPrefetchAheadBytes = NORMEXT_PREFETCH_AHEAD;
 template <typename T>
+inline T* lines_ahead(T* p) {
+  return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes);
+}
+template <typename T>
 inline void prefetch_ahead(const T* p) {
-  __builtin_prefetch(reinterpret_cast<const char*>(p) + kPrefetchAheadBytes, 0, 3);
+  __builtin_prefetch(lines_ahead(p), 0, 3);
 }
 // The lines of two consecutive vectors at p (one line when they are 32 bytes each).
 template <typename T>
@@ -1240,10 +1244,6 @@ inline void prefetch_pair(const T* p) {
   if constexpr (sizeof(T) * kLanes<T> >= 64) {
     __builtin_prefetch(p + kLanes<T>, 0, 3);
   }
-}
-template <typename T>
-inline T* lines_ahead(T* p) {
-  return reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes);
 }
 template <typename T>
 inline void prefetch_ahead_pair(const T* p) {
@@ -1678,8 +1678,6 @@ NORMEXT_HEAVY_SCHED void grad_sums_act(const T* dy, const T* x, int64_t n, acc_t
   ds += ds1;
   db += db1;
   for (; i + L <= n; i += L) {
-    prefetch_ahead(dy + i);
-    prefetch_ahead(x + i);
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
     const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * vscale + vbias);
     if (g_out != nullptr) {
@@ -1719,8 +1717,6 @@ NORMEXT_HEAVY_SCHED void grad_input_act(const T* dy, const T* x, T* dx, int64_t 
     store_out<kStream>(dx + i + L, va * g[1] + vb * (xc[1] * vrstd) + vc);
   }
   for (; i + L <= n; i += L) {
-    prefetch_ahead(dy + i);
-    prefetch_ahead(x + i);
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
     const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * va + vbias);
     store_out<kStream>(dx + i, va * g + vb * (xc * vrstd) + vc);
