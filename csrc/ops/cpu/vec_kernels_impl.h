@@ -38,6 +38,14 @@ typedef uint32_t vu32 __attribute__((vector_size(kVecBytes)));
 
 typedef float vfloat_half __attribute__((vector_size(kVecBytes / 2)));
 
+// NB: helpers that take vector arguments are always inlined. GCC emits no vzeroupper in a function
+// with vector arguments (its caller's registers are live), so a leaf that ended in a tail call to
+// one (store_n for the tail of a row, say) returned to the driver code, compiled for baseline
+// x86-64, with the upper halves of the vector registers dirty, and every SSE instruction there
+// then waited on them (measured: GroupNorm forward 8x256x25x38 bf16 0.97 -> 1.56 ms, its driver
+// loop from 2% to 15% of the time). tests/test_cpu_capabilities.py checks the built library.
+#define NORMEXT_VEC_INLINE inline __attribute__((always_inline))
+
 // The two halves of an fp32 vector, widened to double (exactly).
 inline void widen_halves(vfloat v, vdouble* lo, vdouble* hi) {
   vfloat_half a, b;
@@ -210,7 +218,7 @@ constexpr int kLanes = Vec<acc_type<T>>::size;
 // forward per tail, which dominated small planes (BatchNorm 16x1024x14x14 bf16: 196-value planes,
 // three tails each).
 template <typename T>
-inline vacc<T> load_n(const T* p, int64_t n) {
+NORMEXT_VEC_INLINE vacc<T> load_n(const T* p, int64_t n) {
   alignas(64) T buf[kLanes<T>];
 #if NORMEXT_VEC_ISA >= 2
   constexpr int kBytes = static_cast<int>(sizeof(T)) * kLanes<T>;
@@ -233,7 +241,7 @@ inline vacc<T> load_n(const T* p, int64_t n) {
 }
 
 template <typename T>
-inline void store_n(T* p, vacc<T> v, int64_t n) {
+NORMEXT_VEC_INLINE void store_n(T* p, vacc<T> v, int64_t n) {
   alignas(64) T buf[kLanes<T>];
   Io<T>::store(buf, v);
 #if NORMEXT_VEC_ISA >= 2
@@ -262,7 +270,7 @@ inline void store_n(T* p, vacc<T> v, int64_t n) {
 // the cache, where the line would be evicted before its next use anyway. The leaves that write an
 // output take kStream; partial vectors and unaligned addresses use plain stores.
 template <typename T>
-inline void stream_vec(T* p, vacc<T> v) {
+NORMEXT_VEC_INLINE void stream_vec(T* p, vacc<T> v) {
   constexpr int kBytes = static_cast<int>(sizeof(T)) * kLanes<T>;
   alignas(64) T buf[kLanes<T>];
   Io<T>::store(buf, v);
@@ -288,7 +296,7 @@ inline void stream_vec(T* p, vacc<T> v) {
 }
 
 template <bool kStream, typename T>
-inline void store_out(T* p, vacc<T> v) {
+NORMEXT_VEC_INLINE void store_out(T* p, vacc<T> v) {
   constexpr uintptr_t kBytes = sizeof(T) * kLanes<T>;
   if constexpr (kStream && NORMEXT_VEC_ISA >= 1) {
     if (reinterpret_cast<uintptr_t>(p) % kBytes == 0) {
@@ -297,6 +305,33 @@ inline void store_out(T* p, vacc<T> v) {
     }
   }
   Io<T>::store(p, v);
+}
+
+// Two consecutive vectors at p. bf16 with the native conversion rounds both with one instruction
+// (vcvtne2ps2bf16) into one 64-byte store, and checks both for subnormals at once: 15% off a bf16
+// normalize loop in L1, where two vcvtneps2bf16 and two checks were most of its vector work.
+template <bool kStream, typename T>
+NORMEXT_VEC_INLINE void store_out_pair(T* p, vacc<T> v0, vacc<T> v1) {
+#if NORMEXT_VEC_ISA >= 3
+  if constexpr (std::is_same<T, bf16_t>::value) {
+    const __m512 a = (__m512)v0, b = (__m512)v1;
+    if (__builtin_expect((_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) != 0,
+                         0)) {
+      Io<bf16_t>::store_rounded_bits(p, v0);  // see Io<bf16_t>::store
+      Io<bf16_t>::store_rounded_bits(p + kLanes<T>, v1);
+      return;
+    }
+    const __m512i bits = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half
+    if (kStream && reinterpret_cast<uintptr_t>(p) % 64 == 0) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
+    } else {
+      _mm512_storeu_si512(p, bits);
+    }
+    return;
+  }
+#endif
+  store_out<kStream>(p, v0);
+  store_out<kStream>(p + kLanes<T>, v1);
 }
 
 // Streaming stores are weakly ordered: a leaf that may have issued them fences before it returns,
@@ -314,7 +349,7 @@ struct StreamFence {
 
 // Lanes >= n set to zero (for centered sums over a partial vector).
 template <typename A>
-inline typename Vec<A>::type mask_first(typename Vec<A>::type v, int64_t n) {
+NORMEXT_VEC_INLINE typename Vec<A>::type mask_first(typename Vec<A>::type v, int64_t n) {
   using index_t = typename Vec<A>::index_type;
   using lane_t = typename std::remove_reference<decltype(index_t{}[0])>::type;
   index_t lane;
@@ -326,7 +361,7 @@ inline typename Vec<A>::type mask_first(typename Vec<A>::type v, int64_t n) {
 
 // Fixed pairwise order over the lanes.
 template <typename V>
-inline auto reduce_lanes(V v) -> typename std::remove_reference<decltype(v[0])>::type {
+NORMEXT_VEC_INLINE auto reduce_lanes(V v) -> typename std::remove_reference<decltype(v[0])>::type {
   constexpr int n = sizeof(V) / sizeof(v[0]);
   for (int width = n / 2; width > 0; width /= 2) {
     for (int i = 0; i < width; ++i) {
@@ -360,6 +395,20 @@ acc_type<T> sum_values(const T* x, int64_t n, acc_type<T>* widened) {
   };
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
+#if NORMEXT_VEC_ISA >= 2
+    if constexpr (kWiden && std::is_same<T, bf16_t>::value) {
+      // NB: 2 * L values per load, widened as their even positions and their odd ones (a shift
+      // and a mask: half the work of two widening loads); the widened values only get summed,
+      // so their order in the buffer is free.
+      const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+      const __m512i v01 = _mm512_loadu_si512(x + i), v23 = _mm512_loadu_si512(x + i + 2 * L);
+      take(s0, i, (vfloat)_mm512_slli_epi32(v01, 16));
+      take(s1, i + L, (vfloat)_mm512_and_si512(v01, hi));
+      take(s2, i + 2 * L, (vfloat)_mm512_slli_epi32(v23, 16));
+      take(s3, i + 3 * L, (vfloat)_mm512_and_si512(v23, hi));
+      continue;
+    }
+#endif
     take(s0, i, Io<T>::load(x + i));
     take(s1, i + L, Io<T>::load(x + i + L));
     take(s2, i + 2 * L, Io<T>::load(x + i + 2 * L));
@@ -601,10 +650,15 @@ template <typename T, typename G, bool kStream>
 inline void grad_input_run(const G* dy, const T* x, T* dx, int64_t n, vacc<T> va, vacc<T> vmean,
                            vacc<T> vrstd, vacc<T> vb, vacc<T> vc) {
   constexpr int L = kLanes<T>;
+  auto dx_at = [&](int64_t at) {
+    return va * Io<G>::load(dy + at) + vb * ((Io<T>::load(x + at) - vmean) * vrstd) + vc;
+  };
   int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    store_out_pair<kStream>(dx + i, dx_at(i), dx_at(i + L));
+  }
   for (; i + L <= n; i += L) {
-    const vacc<T> xhat = (Io<T>::load(x + i) - vmean) * vrstd;
-    store_out<kStream>(dx + i, va * Io<G>::load(dy + i) + vb * xhat + vc);
+    store_out<kStream>(dx + i, dx_at(i));
   }
   if (i < n) {
     const vacc<T> xhat = (load_n(x + i, n - i) - vmean) * vrstd;
@@ -668,7 +722,7 @@ inline vacc<T> load_x(const T* p, int64_t c, int64_t C, Full) {
 }
 
 template <bool kStream = false, typename T, typename Full>
-inline void store_x(T* p, vacc<T> v, int64_t c, int64_t C, Full) {
+NORMEXT_VEC_INLINE void store_x(T* p, vacc<T> v, int64_t c, int64_t C, Full) {
   if constexpr (Full::value) {
     store_out<kStream>(p + c, v);
   } else {
@@ -685,7 +739,7 @@ inline typename Vec<A>::type load_acc(const A* p, int64_t c) {
 }
 
 template <typename A>
-inline void store_acc(A* p, typename Vec<A>::type v, int64_t c) {
+NORMEXT_VEC_INLINE void store_acc(A* p, typename Vec<A>::type v, int64_t c) {
   std::memcpy(p + c, &v, sizeof(v));
 }
 
@@ -868,11 +922,17 @@ void normalize_row_impl(const T* x, T* y, int64_t n, acc_type<T> mean, acc_type<
     }
     return v;
   };
+  auto y_at = [&](int64_t at) {
+    const vacc<T> g = kGamma ? load_param(gamma, at) : vacc<T>{};
+    const vacc<T> b = kBeta ? load_param(beta, at) : vacc<T>{};
+    return apply(Io<T>::load(x + at), g, b);
+  };
   int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    store_out_pair<kStream>(y + i, y_at(i), y_at(i + L));
+  }
   for (; i + L <= n; i += L) {
-    const vacc<T> g = kGamma ? load_param(gamma, i) : vacc<T>{};
-    const vacc<T> b = kBeta ? load_param(beta, i) : vacc<T>{};
-    store_out<kStream>(y + i, apply(Io<T>::load(x + i), g, b));
+    store_out<kStream>(y + i, y_at(i));
   }
   if (i < n) {
     const vacc<T> g = kGamma ? load_n<A>(gamma + i, n - i) : vacc<T>{};
@@ -1416,8 +1476,7 @@ NORMEXT_HEAVY_SCHED void dyt_forward(const T* x, T* y, int64_t n, acc_type<T> al
     prefetch_ahead_pair<T>(x + i);
     const vacc<T> t0 = dyt_tanh<T>(Io<T>::load(x + i) * valpha);
     const vacc<T> t1 = dyt_tanh<T>(Io<T>::load(x + i + L) * valpha);
-    store_out<kStream>(y + i, t0 * vw + vb);
-    store_out<kStream>(y + i + L, t1 * vw + vb);
+    store_out_pair<kStream>(y + i, t0 * vw + vb, t1 * vw + vb);
   }
   for (; i + L <= n; i += L) {
     store_out<kStream>(y + i, dyt_tanh<T>(Io<T>::load(x + i) * valpha) * vw + vb);
@@ -1447,8 +1506,8 @@ NORMEXT_HEAVY_SCHED void dyt_forward_cl(const T* x, T* y, int64_t rows, int64_t 
       prefetch_ahead_pair<T>(xr + c);
       const vacc<T> t0 = dyt_tanh<T>(Io<T>::load(xr + c) * valpha);
       const vacc<T> t1 = dyt_tanh<T>(Io<T>::load(xr + c + L) * valpha);
-      store_out<kStream>(yr + c, t0 * load_acc(w_c, c) + load_acc(b_c, c));
-      store_out<kStream>(yr + c + L, t1 * load_acc(w_c, c + L) + load_acc(b_c, c + L));
+      store_out_pair<kStream>(yr + c, t0 * load_acc(w_c, c) + load_acc(b_c, c),
+                              t1 * load_acc(w_c, c + L) + load_acc(b_c, c + L));
     }
     for (; c + L <= width; c += L) {
       block(c, std::true_type{});
@@ -1559,8 +1618,7 @@ NORMEXT_HEAVY_SCHED void dyt_backward_cl(const T* dy, const T* x, T* dx, int64_t
       s_da += gu0 * x0;
       s_da += gu1 * x1;
       if (dx != nullptr) {
-        store_out<kStream>(dx + r * ld + c, gu0 * valpha);
-        store_out<kStream>(dx + r * ld + c + L, gu1 * valpha);
+        store_out_pair<kStream>(dx + r * ld + c, gu0 * valpha, gu1 * valpha);
       }
     }
     for (; c + L <= width; c += L) {
@@ -1585,16 +1643,23 @@ inline void normalize_run(const T* x, T* y, int64_t n, vacc<T> vmean, vacc<T> vs
                           vacc<T> vbias, const T* prefetch = nullptr) {
   constexpr int L = kLanes<T>;
   int64_t i = 0;
-  if (kAct != kIdentity || prefetch != nullptr) {
-    // two vectors (two chains) per step, fetching the lines `prefetch` or x holds 1 KB ahead
-    const T* fetch = prefetch != nullptr ? prefetch : lines_ahead(x);
+  // Two vectors (two chains) per step, fetching meanwhile the lines `prefetch` holds, or with an
+  // activation those x holds 1 KB ahead.
+  const T* fetch = prefetch != nullptr ? prefetch : kAct != kIdentity ? lines_ahead(x) : nullptr;
+  auto pairs = [&](auto fetching) {
     for (; i + 2 * L <= n; i += 2 * L) {
-      prefetch_pair(fetch + i);
+      if constexpr (decltype(fetching)::value) {
+        prefetch_pair(fetch + i);
+      }
       const vacc<T> y0 = act_apply<kAct>((Io<T>::load(x + i) - vmean) * vscale + vbias);
       const vacc<T> y1 = act_apply<kAct>((Io<T>::load(x + i + L) - vmean) * vscale + vbias);
-      store_out<kStream>(y + i, y0);
-      store_out<kStream>(y + i + L, y1);
+      store_out_pair<kStream>(y + i, y0, y1);
     }
+  };
+  if (fetch != nullptr) {
+    pairs(std::true_type{});
+  } else {
+    pairs(std::false_type{});
   }
   for (; i + L <= n; i += L) {
     store_out<kStream>(y + i, act_apply<kAct>((Io<T>::load(x + i) - vmean) * vscale + vbias));
@@ -1713,8 +1778,8 @@ NORMEXT_HEAVY_SCHED void grad_input_act(const T* dy, const T* x, T* dx, int64_t 
   for (; i + 2 * L <= n; i += 2 * L) {
     vacc<T> xc[2], g[2];
     act_grad_pair<kAct>(dy, x, i, vmean, va, vbias, xc, g);
-    store_out<kStream>(dx + i, va * g[0] + vb * (xc[0] * vrstd) + vc);
-    store_out<kStream>(dx + i + L, va * g[1] + vb * (xc[1] * vrstd) + vc);
+    store_out_pair<kStream>(dx + i, va * g[0] + vb * (xc[0] * vrstd) + vc,
+                            va * g[1] + vb * (xc[1] * vrstd) + vc);
   }
   for (; i + L <= n; i += L) {
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
