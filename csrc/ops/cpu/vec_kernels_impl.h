@@ -313,21 +313,24 @@ NORMEXT_VEC_INLINE void store_out(T* p, vacc<T> v) {
 template <bool kStream, typename T>
 NORMEXT_VEC_INLINE void store_out_pair(T* p, vacc<T> v0, vacc<T> v1) {
 #if NORMEXT_VEC_ISA >= 3
+  // (a streaming store wants 64-byte alignment; otherwise each half streams on its own below)
   if constexpr (std::is_same<T, bf16_t>::value) {
-    const __m512 a = (__m512)v0, b = (__m512)v1;
-    if (__builtin_expect((_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) != 0,
-                         0)) {
-      Io<bf16_t>::store_rounded_bits(p, v0);  // see Io<bf16_t>::store
-      Io<bf16_t>::store_rounded_bits(p + kLanes<T>, v1);
+    if (!kStream || reinterpret_cast<uintptr_t>(p) % 64 == 0) {
+      const __m512 a = (__m512)v0, b = (__m512)v1;
+      if (__builtin_expect(
+              (_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) != 0, 0)) {
+        Io<bf16_t>::store_rounded_bits(p, v0);  // see Io<bf16_t>::store
+        Io<bf16_t>::store_rounded_bits(p + kLanes<T>, v1);
+        return;
+      }
+      const __m512i bits = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half
+      if (kStream) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
+      } else {
+        _mm512_storeu_si512(p, bits);
+      }
       return;
     }
-    const __m512i bits = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half
-    if (kStream && reinterpret_cast<uintptr_t>(p) % 64 == 0) {
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
-    } else {
-      _mm512_storeu_si512(p, bits);
-    }
-    return;
   }
 #endif
   store_out<kStream>(p, v0);
