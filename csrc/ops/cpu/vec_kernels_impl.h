@@ -38,7 +38,7 @@ typedef uint32_t vu32 __attribute__((vector_size(kVecBytes)));
 
 typedef float vfloat_half __attribute__((vector_size(kVecBytes / 2)));
 
-// NB: helpers that take vector arguments are always inlined. GCC emits no vzeroupper in a function
+// NB: helpers that take or return vectors are always inlined. GCC emits no vzeroupper in a function
 // with vector arguments (its caller's registers are live), so a leaf that ended in a tail call to
 // one (store_n for the tail of a row, say) returned to the driver code, compiled for baseline
 // x86-64, with the upper halves of the vector registers dirty, and every SSE instruction there
@@ -125,6 +125,10 @@ struct Io<bf16_t> {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), round_bits(v));
   }
 #endif
+#if NORMEXT_VEC_ISA >= 3
+  // Lanes the native conversion would get wrong: vcvtneps2bf16 reads subnormals as zero.
+  static __mmask16 subnormal_lanes(vfloat v) { return _mm512_fpclass_ps_mask((__m512)v, 0x20); }
+#endif
   // Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN; subnormals are kept.
   static void store(bf16_t* p, vfloat v) {
 #if NORMEXT_VEC_ISA >= 3
@@ -132,7 +136,7 @@ struct Io<bf16_t> {
     // one (a rare event: |v| < 1.2e-38) takes the integer rounding instead, out of line: written
     // as a select, the compiler computed both roundings for every vector (5 more instructions
     // in loops of 20-30).
-    if (__builtin_expect(_mm512_fpclass_ps_mask((__m512)v, 0x20) != 0, 0)) {
+    if (__builtin_expect(subnormal_lanes(v) != 0, 0)) {
       store_rounded_bits(p, v);
       return;
     }
@@ -316,14 +320,13 @@ NORMEXT_VEC_INLINE void store_out_pair(T* p, vacc<T> v0, vacc<T> v1) {
   // (a streaming store wants 64-byte alignment; otherwise each half streams on its own below)
   if constexpr (std::is_same<T, bf16_t>::value) {
     if (!kStream || reinterpret_cast<uintptr_t>(p) % 64 == 0) {
-      const __m512 a = (__m512)v0, b = (__m512)v1;
-      if (__builtin_expect(
-              (_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) != 0, 0)) {
-        Io<bf16_t>::store_rounded_bits(p, v0);  // see Io<bf16_t>::store
-        Io<bf16_t>::store_rounded_bits(p + kLanes<T>, v1);
+      using Bf16 = Io<bf16_t>;  // see Io<bf16_t>::store
+      if (__builtin_expect((Bf16::subnormal_lanes(v0) | Bf16::subnormal_lanes(v1)) != 0, 0)) {
+        Bf16::store_rounded_bits(p, v0);
+        Bf16::store_rounded_bits(p + kLanes<T>, v1);
         return;
       }
-      const __m512i bits = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a in the low half
+      const __m512i bits = (__m512i)_mm512_cvtne2ps_pbh((__m512)v1, (__m512)v0);  // v0 low half
       if (kStream) {
         _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
       } else {
