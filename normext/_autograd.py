@@ -1,4 +1,5 @@
-"""Autograd formulas of the ops, registered with torch.library.register_autograd.
+"""Autograd formulas of the ops, registered with torch.library.register_autograd (and as
+autograd.Functions for eager calls: see register_autograd).
 
 First-order backward calls the fused backward op. When the backward itself must be
 differentiable (create_graph=True: gradgradcheck, gradient penalties), it is computed instead by
@@ -11,19 +12,48 @@ import torch
 from normext._meta import acc_dtype
 
 
-def skip_autograd_without_grad(overload):
-    """Calls `overload` (the resolved overload, not the packet: no lookup per call) below the
-    autograd key when no gradient can flow through the call (grad mode off, as in a first-order
-    backward, `no_grad` or `inference_mode`, or no input requiring grad), as the autograd kernel
-    that torch.library.register_autograd installs would do itself, minus that kernel's Python
-    (10-30 us per call: a LayerNorm call on one 4096-value row 24 -> 10 us, BatchNorm 4x256x7x7
-    forward+backward 493 -> 400 us). Under torch.compile the op is called as it is, so traced
-    graphs do not change."""
+# Eager calls that need a gradient go through a plain autograd.Function per op (built by
+# register_autograd below) instead of the op's Autograd kernel. That kernel, which
+# torch.library.register_autograd installs, spends 40-60 us of Python per call before the op runs
+# (filling the schema's defaults, binding arguments): more than the kernel itself on a
+# 2x1280x16x16 GroupNorm. Both paths run the same setup_context and backward functions.
+_EAGER_FUNCTIONS = {}
+
+
+def register_autograd(overload, backward, setup_context):
+    """torch.library.register_autograd(overload, ...), plus the autograd.Function that eager_op
+    calls for the same op. setup_context(ctx, inputs, output) and backward(ctx, *grads) see the
+    arguments as passed (eager) or with every default filled in (the op's Autograd kernel); each
+    backward returns one gradient per schema argument, trailing Nones included, which
+    autograd.Function drops for arguments that were not passed."""
+    torch.library.register_autograd(overload, backward, setup_context=setup_context)
+
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            output = overload(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    _EAGER_FUNCTIONS[overload] = type(
+        f"{overload._opname}_function", (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+def eager_op(overload):
+    """`overload` (the resolved overload, not the packet: no lookup per call) as the functional
+    API calls it. Eager, with a gradient to track: the op's autograd.Function (see
+    register_autograd). Eager, with none (grad mode off, as in a first-order backward, `no_grad`
+    or `inference_mode`, or no input requiring grad): the op below the autograd key, as its
+    Autograd kernel would do itself minus that kernel's Python (a LayerNorm call on one 4096-value
+    row 24 -> 10 us). Under torch.compile or a torch.func transform the op is called as it is, so
+    traced graphs and transforms see the registered op."""
 
     def call(*args):
-        if torch.compiler.is_compiling() or (
-                torch.is_grad_enabled() and torch._C._any_requires_grad(*args)):
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return overload(*args)
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            function = _EAGER_FUNCTIONS.get(overload)
+            return overload(*args) if function is None else function.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return overload(*args)
 
@@ -31,11 +61,11 @@ def skip_autograd_without_grad(overload):
 
 
 # The fused backward ops, as the first-order backwards below call them.
-_group_norm_backward = skip_autograd_without_grad(torch.ops.normext.group_norm_backward.default)
-_layer_norm_backward = skip_autograd_without_grad(torch.ops.normext.layer_norm_backward.default)
-_rms_norm_backward = skip_autograd_without_grad(torch.ops.normext.rms_norm_backward.default)
-_batch_norm_backward = skip_autograd_without_grad(torch.ops.normext.batch_norm_backward.default)
-_dyt_backward = skip_autograd_without_grad(torch.ops.normext.dyt_backward.default)
+_group_norm_backward = eager_op(torch.ops.normext.group_norm_backward.default)
+_layer_norm_backward = eager_op(torch.ops.normext.layer_norm_backward.default)
+_rms_norm_backward = eager_op(torch.ops.normext.rms_norm_backward.default)
+_batch_norm_backward = eager_op(torch.ops.normext.batch_norm_backward.default)
+_dyt_backward = eager_op(torch.ops.normext.dyt_backward.default)
 
 
 _SQRT_HALF = 0.7071067811865476
@@ -167,9 +197,8 @@ def _group_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
     return dx, dweight, dbias, None, None, None
 
 
-torch.library.register_autograd(
-    "normext::group_norm_forward",
-    _group_norm_forward_backward,
+register_autograd(
+    torch.ops.normext.group_norm_forward.default, _group_norm_forward_backward,
     setup_context=_group_norm_forward_setup_context,
 )
 
@@ -197,9 +226,8 @@ def _group_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     return (*result[:5], None, None, result[5], None)
 
 
-torch.library.register_autograd(
-    "normext::group_norm_backward",
-    _group_norm_backward_backward,
+register_autograd(
+    torch.ops.normext.group_norm_backward.default, _group_norm_backward_backward,
     setup_context=_group_norm_backward_setup_context,
 )
 
@@ -301,9 +329,8 @@ def _layer_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
     return dx, None, dweight, dbias, None
 
 
-torch.library.register_autograd(
-    "normext::layer_norm_forward",
-    _layer_norm_forward_backward,
+register_autograd(
+    torch.ops.normext.layer_norm_forward.default, _layer_norm_forward_backward,
     setup_context=_layer_norm_forward_setup_context,
 )
 
@@ -321,9 +348,8 @@ def _rms_norm_forward_backward(ctx, grad_y, grad_rstd):
     return dx, None, dweight, None
 
 
-torch.library.register_autograd(
-    "normext::rms_norm_forward",
-    _rms_norm_forward_backward,
+register_autograd(
+    torch.ops.normext.rms_norm_forward.default, _rms_norm_forward_backward,
     setup_context=_rms_norm_forward_setup_context,
 )
 
@@ -352,9 +378,8 @@ def _add_layer_norm_forward_backward(ctx, grad_y, grad_summed, grad_mean, grad_r
     return dinput, dresidual, None, dweight, dbias, None
 
 
-torch.library.register_autograd(
-    "normext::add_layer_norm_forward",
-    _add_layer_norm_forward_backward,
+register_autograd(
+    torch.ops.normext.add_layer_norm_forward.default, _add_layer_norm_forward_backward,
     setup_context=_add_layer_norm_forward_setup_context,
 )
 
@@ -373,9 +398,8 @@ def _add_rms_norm_forward_backward(ctx, grad_y, grad_summed, grad_rstd):
     return dinput, dresidual, None, dweight, None
 
 
-torch.library.register_autograd(
-    "normext::add_rms_norm_forward",
-    _add_rms_norm_forward_backward,
+register_autograd(
+    torch.ops.normext.add_rms_norm_forward.default, _add_rms_norm_forward_backward,
     setup_context=_add_rms_norm_forward_setup_context,
 )
 
@@ -408,9 +432,8 @@ def _layer_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     return g_out, g_in, None, g_mean, g_rstd, g_w, None, None
 
 
-torch.library.register_autograd(
-    "normext::layer_norm_backward",
-    _layer_norm_backward_backward,
+register_autograd(
+    torch.ops.normext.layer_norm_backward.default, _layer_norm_backward_backward,
     setup_context=_layer_norm_backward_setup_context,
 )
 
@@ -431,9 +454,8 @@ def _rms_norm_backward_backward(ctx, grad_dx, grad_dweight):
     return g_out, g_in, None, g_rstd, g_w, None
 
 
-torch.library.register_autograd(
-    "normext::rms_norm_backward",
-    _rms_norm_backward_backward,
+register_autograd(
+    torch.ops.normext.rms_norm_backward.default, _rms_norm_backward_backward,
     setup_context=_rms_norm_backward_setup_context,
 )
 
@@ -524,9 +546,8 @@ def _batch_norm_forward_impl_backward(ctx, grad_y, grad_mean, grad_invstd, grad_
     )
 
 
-torch.library.register_autograd(
-    "normext::batch_norm_forward_impl",
-    _batch_norm_forward_impl_backward,
+register_autograd(
+    torch.ops.normext.batch_norm_forward_impl.default, _batch_norm_forward_impl_backward,
     setup_context=_batch_norm_forward_impl_setup_context,
 )
 
@@ -553,9 +574,8 @@ def _batch_norm_backward_backward(ctx, grad_dx, grad_dweight, grad_dbias):
     return (*result, None, None, None)
 
 
-torch.library.register_autograd(
-    "normext::batch_norm_backward",
-    _batch_norm_backward_backward,
+register_autograd(
+    torch.ops.normext.batch_norm_backward.default, _batch_norm_backward_backward,
     setup_context=_batch_norm_backward_setup_context,
 )
 
@@ -585,9 +605,8 @@ def _add_group_norm_backward(ctx, grad_y, grad_summed, grad_mean, grad_rstd):
             None, None, None)
 
 
-torch.library.register_autograd(
-    "normext::add_group_norm_forward",
-    _add_group_norm_backward,
+register_autograd(
+    torch.ops.normext.add_group_norm_forward.default, _add_group_norm_backward,
     setup_context=_add_group_norm_setup_context,
 )
 
@@ -668,8 +687,9 @@ def _dyt_forward_backward(ctx, grad_y):
     )
 
 
-torch.library.register_autograd(
-    "normext::dyt_forward", _dyt_forward_backward, setup_context=_dyt_forward_setup_context
+register_autograd(
+    torch.ops.normext.dyt_forward.default, _dyt_forward_backward,
+    setup_context=_dyt_forward_setup_context,
 )
 
 
@@ -690,6 +710,7 @@ def _dyt_backward_backward(ctx, *grads):
     return (*result, None, None)
 
 
-torch.library.register_autograd(
-    "normext::dyt_backward", _dyt_backward_backward, setup_context=_dyt_backward_setup_context
+register_autograd(
+    torch.ops.normext.dyt_backward.default, _dyt_backward_backward,
+    setup_context=_dyt_backward_setup_context,
 )

@@ -6,10 +6,10 @@ from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from normext import _reference
-from normext._autograd import skip_autograd_without_grad
+from normext._autograd import eager_op
 
 
-_group_norm_forward = skip_autograd_without_grad(torch.ops.normext.group_norm_forward.default)
+_group_norm_forward = eager_op(torch.ops.normext.group_norm_forward.default)
 
 
 def _verify_batch_size(size: List[int]) -> None:
@@ -25,9 +25,9 @@ def _verify_batch_size(size: List[int]) -> None:
 
 # Activation names of the fused GroupNorm -> the ops' `activation` argument.
 ACTIVATIONS = {None: 0, "silu": 1, "gelu": 2, "gelu_tanh": 3, "relu": 4}
-_add_group_norm_forward = skip_autograd_without_grad(
+_add_group_norm_forward = eager_op(
     torch.ops.normext.add_group_norm_forward.default)
-_group_norm_inplace = skip_autograd_without_grad(torch.ops.normext.group_norm_inplace.default)
+_group_norm_inplace = eager_op(torch.ops.normext.group_norm_inplace.default)
 
 
 def activation_code(activation: Optional[str]) -> int:
@@ -116,11 +116,11 @@ def group_norm(
 
 # ---- Row norms: LayerNorm, RMSNorm and the fused residual-add variants -------------------------
 
-_layer_norm_forward = skip_autograd_without_grad(torch.ops.normext.layer_norm_forward.default)
-_rms_norm_forward = skip_autograd_without_grad(torch.ops.normext.rms_norm_forward.default)
-_add_layer_norm_forward = skip_autograd_without_grad(
+_layer_norm_forward = eager_op(torch.ops.normext.layer_norm_forward.default)
+_rms_norm_forward = eager_op(torch.ops.normext.rms_norm_forward.default)
+_add_layer_norm_forward = eager_op(
     torch.ops.normext.add_layer_norm_forward.default)
-_add_rms_norm_forward = skip_autograd_without_grad(torch.ops.normext.add_rms_norm_forward.default)
+_add_rms_norm_forward = eager_op(torch.ops.normext.add_rms_norm_forward.default)
 
 
 def _normalized_shape(normalized_shape, fn: str, position: int) -> List[int]:
@@ -218,7 +218,27 @@ def add_rms_norm(
 
 # ---- batch_norm / instance_norm -----------------------------------------------------------------
 
-_batch_norm_forward = skip_autograd_without_grad(torch.ops.normext.batch_norm_forward.default)
+_batch_norm_forward_composite = eager_op(torch.ops.normext.batch_norm_forward.default)
+_batch_norm_forward_impl = eager_op(torch.ops.normext.batch_norm_forward_impl.default)
+
+
+def _batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """normext::batch_norm_forward, a composite (csrc/ops/batch_norm.cpp): batch_norm_forward_impl,
+    which carries the autograd formula, then the new running statistics copied in place. An eager
+    call that needs a gradient takes the same two steps here, so that the impl goes through its
+    autograd.Function (eager_op) rather than its Autograd kernel's Python."""
+    args = (input, weight, bias, running_mean, running_var, training, momentum, eps)
+    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or not (torch.is_grad_enabled() and torch._C._any_requires_grad(*args))):
+        return _batch_norm_forward_composite(*args)
+    y, save_mean, save_invstd, new_mean, new_var = _batch_norm_forward_impl(*args)
+    if training:
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.copy_(new_mean)
+            if running_var is not None:
+                running_var.copy_(new_var)
+    return y, save_mean, save_invstd
 from normext._meta import _bn_param_dtypes  # noqa: E402
 
 
@@ -367,7 +387,7 @@ def add_group_norm(
 
 # ---- DyT ---------------------------------------------------------------------------------------
 
-_dyt_forward = skip_autograd_without_grad(torch.ops.normext.dyt_forward.default)
+_dyt_forward = eager_op(torch.ops.normext.dyt_forward.default)
 
 
 def dyt(

@@ -84,3 +84,29 @@ def test_inplace_over_a_tensor_saved_for_backward_is_caught():
     NF.group_norm(x, 4, inplace=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.backward()
+
+
+def _grads(fn, x, w, create_graph):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = fn(x, w)
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    gx, gw = torch.autograd.grad(out, (x, w), dy, create_graph=create_graph)
+    if create_graph:  # and through the backward once more
+        gx, gw = torch.autograd.grad((gx * gx).sum() + (gw * gw).sum(), (x, w))
+    return out.grad_fn, out, gx, gw
+
+
+@pytest.mark.parametrize("name", list(_calls()))
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_eager_function_matches_the_ops_autograd_kernel(name, create_graph, monkeypatch):
+    # Eager calls that need a gradient use each op's autograd.Function (normext._autograd
+    # .register_autograd); torch.ops calls and torch.compile use the op's Autograd kernel. Both run
+    # the same formulas: same outputs and gradients, first and second order.
+    fn, x, w = _calls()[name]
+    node, *eager = _grads(fn, x, w, create_graph)
+    assert type(node).__name__.endswith("_functionBackward"), type(node).__name__
+    monkeypatch.setattr("normext._autograd._EAGER_FUNCTIONS", {})
+    node, *kernel = _grads(fn, x, w, create_graph)
+    assert type(node).__name__.startswith("GeneratedBackwardFor_normext_"), type(node).__name__
+    for a, b in zip(eager, kernel):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
