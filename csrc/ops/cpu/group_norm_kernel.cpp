@@ -134,26 +134,28 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   auto finalize = [&](int64_t group, WelfordStat<double> stat) {
     finalize_group(stat, eps, X + group * L, 1, L, L, mean + group, rstd + group);
   };
-  auto normalize_row = [&](int64_t row, int64_t begin, int64_t end, const T* prefetch) {
-    const int64_t group = (row / s.C) * s.G + (row % s.C) / D;
-    const int64_t c = row % s.C;
-    auto* normalize = fusion.act ? k.normalize_act[fusion.act - 1] : k.normalize;
-    normalize(x + row * s.HxW + begin, y + row * s.HxW + begin, end - begin, mean[group],
-              rstd[group] * p.weight(c), p.bias(c), prefetch);
-  };
-
+  auto* const normalize = fusion.act ? k.normalize_act[fusion.act - 1] : k.normalize;
   // Normalizes elements [begin, end) of a group, one channel row segment at a time, prefetching
   // as many values from `prefetch` on (null: none).
+  // NB: rows are walked with running indices: the divisions that map a row to its group and
+  // channel cost more than normalizing a 16x16 plane.
   auto normalize_span = [&](int64_t group, int64_t begin, int64_t end, const T* prefetch) {
-    const int64_t first_row = (group / s.G) * s.C + (group % s.G) * D;
+    const int64_t first_c = (group % s.G) * D;
+    const int64_t first_row = (group / s.G) * s.C + first_c;
+    const acc_t m = mean[group], r = rstd[group];
+    int64_t d = begin / s.HxW;
+    int64_t col = begin - d * s.HxW;
     while (begin < end) {
-      const int64_t d = begin / s.HxW, col = begin % s.HxW;
-      const int64_t stop = std::min(end, (d + 1) * s.HxW);
-      normalize_row(first_row + d, col, col + (stop - begin), prefetch);
+      const int64_t n = std::min(end - begin, s.HxW - col);
+      const int64_t offset = (first_row + d) * s.HxW + col;
+      normalize(x + offset, y + offset, n, m, r * p.weight(first_c + d), p.bias(first_c + d),
+                prefetch);
       if (prefetch != nullptr) {
-        prefetch += stop - begin;
+        prefetch += n;
       }
-      begin = stop;
+      begin += n;
+      ++d;
+      col = 0;
     }
   };
 
@@ -209,8 +211,12 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   const int64_t row_blocks = ceil_div(s.HxW, kChunkElems);
   at::parallel_for(0, s.N * s.C * row_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
+      const int64_t row = t / row_blocks, c = row % s.C;
+      const int64_t group = (row / s.C) * s.G + c / D;
       const int64_t b = (t % row_blocks) * kChunkElems;
-      normalize_row(t / row_blocks, b, std::min(s.HxW, b + kChunkElems), nullptr);
+      const int64_t offset = row * s.HxW + b;
+      normalize(x + offset, y + offset, std::min(s.HxW - b, kChunkElems), mean[group],
+                rstd[group] * p.weight(c), p.bias(c), nullptr);
     }
   });
 }
@@ -265,9 +271,9 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
   });
   // 3. per channel coefficients, then apply chunk by chunk
   std::vector<acc_t> mean_c(s.N * Cp), scale_c(s.N * Cp), bias_c(s.N * Cp);
-  for (int64_t n = 0; n < s.N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t ng = n * G + c / D;
+  for (int64_t ng = 0; ng < s.N * G; ++ng) {
+    const int64_t n = ng / G;
+    for (int64_t c = (ng % G) * D; c < (ng % G + 1) * D; ++c) {
       mean_c[n * Cp + c] = mean[ng];
       scale_c[n * Cp + c] = rstd[ng] * p.weight(c);
       bias_c[n * Cp + c] = p.bias(c);
@@ -296,17 +302,19 @@ void param_grads(const GroupNormShape& s, const acc_t* ds, const acc_t* db, cons
   const int64_t D = s.C / s.G;
   acc_t* dgamma_ptr = dgamma.defined() ? dgamma.data_ptr<acc_t>() : nullptr;
   acc_t* dbeta_ptr = dbeta.defined() ? dbeta.data_ptr<acc_t>() : nullptr;
-  for (int64_t c = 0; c < s.C; ++c) {
-    acc_t sum_ds = 0, sum_db = 0;
-    for (int64_t n = 0; n < s.N; ++n) {
-      sum_ds += ds[n * s.C + c] * rstd[n * s.G + c / D];
-      sum_db += db[n * s.C + c];
-    }
-    if (dgamma_ptr) {
-      dgamma_ptr[c] = sum_ds;
-    }
-    if (dbeta_ptr) {
-      dbeta_ptr[c] = sum_db;
+  for (int64_t g = 0; g < s.G; ++g) {
+    for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+      acc_t sum_ds = 0, sum_db = 0;
+      for (int64_t n = 0; n < s.N; ++n) {
+        sum_ds += ds[n * s.C + c] * rstd[n * s.G + g];
+        sum_db += db[n * s.C + c];
+      }
+      if (dgamma_ptr) {
+        dgamma_ptr[c] = sum_ds;
+      }
+      if (dbeta_ptr) {
+        dbeta_ptr[c] = sum_db;
+      }
     }
   }
 }
@@ -351,40 +359,40 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   constexpr bool kExact = std::is_same<T, acc_t>::value;
   const bool per_group = one_task_per_group(groups);
   const bool stash_g = act && dx != nullptr && (kExact || per_group);
+  // NB: a row is addressed by (row, group, channel c, d = c - the group's first channel), kept as
+  // running indices by the loops: the divisions that map a row to them cost about as much as a
+  // leaf on a 16x16 plane.
   // g of row `row` (only when stash_g): dx itself, or row d of the calling thread's group buffer
-  auto g_row = [&](int64_t row, acc_t* group_buf) -> acc_t* {
+  auto g_row = [&](int64_t row, int64_t d, acc_t* group_buf) -> acc_t* {
     if constexpr (kExact) {
       return reinterpret_cast<acc_t*>(dx) + row * HxW;
     } else {
-      return group_buf + (row % C) % D * HxW;
+      return group_buf + d * HxW;
     }
   };
-  auto row_sums = [&](int64_t row, acc_t* group_buf) {
-    const int64_t group = (row / C) * G + (row % C) / D;
+  auto row_sums = [&](int64_t row, int64_t group, int64_t c, int64_t d, acc_t* group_buf) {
     if (act) {
       k.grad_sums_act[act - 1](dy + row * HxW, x + row * HxW, HxW, mean[group],
-                               rstd[group] * p.weight(row % C), p.bias(row % C), &ds[row],
-                               &db[row], stash_g ? g_row(row, group_buf) : nullptr);
+                               rstd[group] * p.weight(c), p.bias(c), &ds[row], &db[row],
+                               stash_g ? g_row(row, d, group_buf) : nullptr);
     } else {
       k.grad_sums(dy + row * HxW, x + row * HxW, HxW, mean[group], &ds[row], &db[row]);
     }
   };
-  auto grad_input_row = [&](int64_t row, int64_t begin, int64_t end, acc_t* group_buf) {
-    const int64_t group = (row / C) * G + (row % C) / D;
+  auto grad_input_row = [&](int64_t row, int64_t group, int64_t c, int64_t d, int64_t begin,
+                            int64_t end, acc_t* group_buf) {
     const GroupBackwardCoeffs<acc_t> q = coeffs[group];
+    const int64_t o = row * HxW + begin;
     if (stash_g) {
-      k.grad_input_from_g(g_row(row, group_buf) + begin, x + row * HxW + begin,
-                          dx + row * HxW + begin, end - begin, rstd[group] * p.weight(row % C),
-                          mean[group], rstd[group], q.xhat_coeff, q.bias);
+      k.grad_input_from_g(g_row(row, d, group_buf) + begin, x + o, dx + o, end - begin,
+                          rstd[group] * p.weight(c), mean[group], rstd[group], q.xhat_coeff,
+                          q.bias);
     } else if (act) {
-      k.grad_input_act[act - 1](dy + row * HxW + begin, x + row * HxW + begin,
-                                dx + row * HxW + begin, end - begin,
-                                rstd[group] * p.weight(row % C), mean[group], rstd[group],
-                                q.xhat_coeff, q.bias, p.bias(row % C));
+      k.grad_input_act[act - 1](dy + o, x + o, dx + o, end - begin, rstd[group] * p.weight(c),
+                                mean[group], rstd[group], q.xhat_coeff, q.bias, p.bias(c));
     } else {
-      k.grad_input(dy + row * HxW + begin, x + row * HxW + begin, dx + row * HxW + begin,
-                   end - begin, rstd[group] * p.weight(row % C), mean[group], rstd[group],
-                   q.xhat_coeff, q.bias);
+      k.grad_input(dy + o, x + o, dx + o, end - begin, rstd[group] * p.weight(c), mean[group],
+                   rstd[group], q.xhat_coeff, q.bias);
     }
   };
 
@@ -393,14 +401,15 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> group_buf(stash_g && !kExact ? D * HxW : 0);
       for (int64_t group = begin; group < end; ++group) {
-        const int64_t first_row = (group / G) * C + (group % G) * D;
+        const int64_t first_c = (group % G) * D;
+        const int64_t first_row = (group / G) * C + first_c;
         for (int64_t d = 0; d < D; ++d) {
-          row_sums(first_row + d, group_buf.data());
+          row_sums(first_row + d, group, first_c + d, d, group_buf.data());
         }
         coeffs[group] = group_coeffs(s, p, ds.data(), db.data(), rstd, group);
         if (dx != nullptr) {
           for (int64_t d = 0; d < D; ++d) {
-            grad_input_row(first_row + d, 0, HxW, group_buf.data());
+            grad_input_row(first_row + d, group, first_c + d, d, 0, HxW, group_buf.data());
           }
         }
       }
@@ -408,7 +417,8 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
   } else {
     at::parallel_for(0, s.N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        row_sums(row, nullptr);
+        const int64_t c = row % C;
+        row_sums(row, (row / C) * G + c / D, c, c % D, nullptr);
       }
     });
     for (int64_t group = 0; group < groups; ++group) {
@@ -418,8 +428,10 @@ void backward_nchw(const GroupNormShape& s, const scalar_t* dY, const scalar_t* 
       const int64_t row_blocks = ceil_div(HxW, kChunkElems);
       at::parallel_for(0, s.N * C * row_blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
+          const int64_t row = t / row_blocks, c = row % C;
           const int64_t b = (t % row_blocks) * kChunkElems;
-          grad_input_row(t / row_blocks, b, std::min(HxW, b + kChunkElems), nullptr);
+          grad_input_row(row, (row / C) * G + c / D, c, c % D, b, std::min(HxW, b + kChunkElems),
+                         nullptr);
         }
       });
     }
@@ -446,20 +458,19 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   const int64_t tasks = s.N * nchunk;
   auto rows_of = [&](int64_t j) { return std::min(R, HxW - j * R); };
 
+  // Per (sample, channel): mean and rstd of its group and, with an activation, the scale
+  // rstd * gamma and bias that recompute z (a_c is also the dx coefficient of dy).
   std::vector<acc_t> mean_c(s.N * Cp), rstd_c(s.N * Cp);
-  for (int64_t nc = 0; nc < s.N * C; ++nc) {
-    const int64_t n = nc / C, c = nc % C, ng = n * G + c / D;
-    mean_c[n * Cp + c] = mean[ng];
-    rstd_c[n * Cp + c] = rstd[ng];
-  }
-  // With an activation: per channel scale rstd * gamma and bias to recompute z (a_c is also
-  // the dx coefficient of dy).
   std::vector<acc_t> a_c(s.N * Cp), bias_c(act ? s.N * Cp : 0);
-  for (int64_t nc = 0; nc < s.N * C; ++nc) {
-    const int64_t n = nc / C, c = nc % C, ng = n * G + c / D;
-    a_c[n * Cp + c] = rstd[ng] * p.weight(c);
-    if (act) {
-      bias_c[n * Cp + c] = p.bias(c);
+  for (int64_t ng = 0; ng < s.N * G; ++ng) {
+    const int64_t n = ng / G;
+    for (int64_t c = (ng % G) * D; c < (ng % G + 1) * D; ++c) {
+      mean_c[n * Cp + c] = mean[ng];
+      rstd_c[n * Cp + c] = rstd[ng];
+      a_c[n * Cp + c] = rstd[ng] * p.weight(c);
+      if (act) {
+        bias_c[n * Cp + c] = p.bias(c);
+      }
     }
   }
   // As in backward_nchw: g stashed in dx when T is acc_t (no buffer for bf16 / fp16 here: the dx
@@ -485,8 +496,7 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   // 2. sum the chunks in order
   std::vector<acc_t> ds(s.N * C), db(s.N * C);
   at::parallel_for(0, s.N * C, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / C, c = nc % C;
+    for (int64_t nc = begin, n = begin / C, c = begin % C; nc < end; ++nc) {
       acc_t sum_ds = 0, sum_db = 0;
       for (int64_t j = 0; j < nchunk; ++j) {
         const acc_t* part = &partial[(n * nchunk + j) * 2 * Cp];
@@ -495,6 +505,10 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       }
       ds[nc] = sum_ds;
       db[nc] = sum_db;
+      if (++c == C) {
+        c = 0;
+        ++n;
+      }
     }
   });
   // 3. per channel coefficients, then dx chunk by chunk
