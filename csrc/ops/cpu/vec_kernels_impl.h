@@ -1242,8 +1242,15 @@ inline vfloat vtanh(vfloat x, vfloat* sech2) {
 // comparison with NaN is false).
 inline vfloat vtanh_lowp(vfloat x) {
   constexpr float kClamp = 8.00139427f;
+#if NORMEXT_VEC_ISA >= 2
+  // NB: vminps(a, b) is exactly a < b ? a : b (b when either is NaN): one instruction where GCC
+  // emits a compare and a masked move for the select below.
+  const vfloat xc = (vfloat)_mm512_max_ps(_mm512_set1_ps(-kClamp),
+                                          _mm512_min_ps(_mm512_set1_ps(kClamp), (__m512)x));
+#else
   vfloat xc = kClamp < x ? vfloat{} + kClamp : x;
   xc = -kClamp > xc ? vfloat{} - kClamp : xc;
+#endif
   const vfloat s = xc * xc;
   vfloat p = 1.3456451e-08f * s + 2.0685822e-05f;
   p = p * s + 3.5004225e-03f;
