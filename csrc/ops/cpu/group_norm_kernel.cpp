@@ -221,6 +221,34 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   });
 }
 
+// Per (sample, channel) copies of the group statistics for the channels-last loops, one padded
+// row of Cp = padded_channels(C) entries per sample: the mean and rstd of the channel's group,
+// scale = rstd * gamma (the forward's factor, the backward's dx coefficient of dy and, with an
+// activation, its z) and bias = beta.
+template <typename acc_t>
+struct ChannelCoeffs {
+  std::vector<acc_t> mean, rstd, scale, bias;
+};
+
+template <typename scalar_t, typename acc_t>
+ChannelCoeffs<acc_t> channel_coeffs(const GroupNormShape& s, Params<scalar_t, acc_t> p,
+                                    const acc_t* mean, const acc_t* rstd) {
+  const int64_t D = s.C / s.G, Cp = cpu::padded_channels(s.C);
+  ChannelCoeffs<acc_t> out{std::vector<acc_t>(s.N * Cp), std::vector<acc_t>(s.N * Cp),
+                           std::vector<acc_t>(s.N * Cp), std::vector<acc_t>(s.N * Cp)};
+  // NB: walked per group, so no division per channel
+  for (int64_t ng = 0; ng < s.N * s.G; ++ng) {
+    const int64_t row = (ng / s.G) * Cp;
+    for (int64_t c = (ng % s.G) * D; c < (ng % s.G + 1) * D; ++c) {
+      out.mean[row + c] = mean[ng];
+      out.rstd[row + c] = rstd[ng];
+      out.scale[row + c] = rstd[ng] * p.weight(c);
+      out.bias[row + c] = p.bias(c);
+    }
+  }
+  return out;
+}
+
 template <typename scalar_t>
 void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
                            Params<scalar_t, at::opmath_type<scalar_t>> p, double eps,
@@ -270,15 +298,7 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
     }
   });
   // 3. per channel coefficients, then apply chunk by chunk
-  std::vector<acc_t> mean_c(s.N * Cp), scale_c(s.N * Cp), bias_c(s.N * Cp);
-  for (int64_t ng = 0; ng < s.N * G; ++ng) {
-    const int64_t n = ng / G;
-    for (int64_t c = (ng % G) * D; c < (ng % G + 1) * D; ++c) {
-      mean_c[n * Cp + c] = mean[ng];
-      scale_c[n * Cp + c] = rstd[ng] * p.weight(c);
-      bias_c[n * Cp + c] = p.bias(c);
-    }
-  }
+  const ChannelCoeffs<acc_t> cc = channel_coeffs(s, p, mean, rstd);
   // NB: each thread gets the same range of chunks as in step 1 and walks it backwards, so the
   // chunks it read last (still in its L2) are normalized first.
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
@@ -286,8 +306,8 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * s.HxW + j * R) * C;
       auto* normalize = fusion.act ? k.normalize_act_cl[fusion.act - 1] : k.normalize_cl;
-      normalize(x + offset, y + offset, rows_of(j), C, &mean_c[n * Cp], &scale_c[n * Cp],
-                &bias_c[n * Cp]);
+      normalize(x + offset, y + offset, rows_of(j), C, &cc.mean[n * Cp], &cc.scale[n * Cp],
+                &cc.bias[n * Cp]);
     }
   });
 }
@@ -458,21 +478,8 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
   const int64_t tasks = s.N * nchunk;
   auto rows_of = [&](int64_t j) { return std::min(R, HxW - j * R); };
 
-  // Per (sample, channel): mean and rstd of its group and, with an activation, the scale
-  // rstd * gamma and bias that recompute z (a_c is also the dx coefficient of dy).
-  std::vector<acc_t> mean_c(s.N * Cp), rstd_c(s.N * Cp);
-  std::vector<acc_t> a_c(s.N * Cp), bias_c(act ? s.N * Cp : 0);
-  for (int64_t ng = 0; ng < s.N * G; ++ng) {
-    const int64_t n = ng / G;
-    for (int64_t c = (ng % G) * D; c < (ng % G + 1) * D; ++c) {
-      mean_c[n * Cp + c] = mean[ng];
-      rstd_c[n * Cp + c] = rstd[ng];
-      a_c[n * Cp + c] = rstd[ng] * p.weight(c);
-      if (act) {
-        bias_c[n * Cp + c] = p.bias(c);
-      }
-    }
-  }
+  // cc.scale is also the dx coefficient of dy; with an activation cc.scale and cc.bias recompute z.
+  const ChannelCoeffs<acc_t> cc = channel_coeffs(s, p, mean, rstd);
   // As in backward_nchw: g stashed in dx when T is acc_t (no buffer for bf16 / fp16 here: the dx
   // pass runs after every chunk's sums).
   const bool stash_g = act && dx != nullptr && std::is_same<T, acc_t>::value;
@@ -483,12 +490,12 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
       const int64_t n = t / nchunk, j = t % nchunk;
       const int64_t offset = (n * HxW + j * R) * C;
       if (act) {
-        k.grad_sums_act_cl[act - 1](dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
-                                    &a_c[n * Cp], &bias_c[n * Cp], &partial[t * 2 * Cp],
+        k.grad_sums_act_cl[act - 1](dy + offset, x + offset, rows_of(j), C, &cc.mean[n * Cp],
+                                    &cc.scale[n * Cp], &cc.bias[n * Cp], &partial[t * 2 * Cp],
                                     &partial[t * 2 * Cp + Cp],
                                     stash_g ? reinterpret_cast<acc_t*>(dx + offset) : nullptr);
       } else {
-        k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &mean_c[n * Cp],
+        k.grad_sums_cl(dy + offset, x + offset, rows_of(j), C, &cc.mean[n * Cp],
                        &partial[t * 2 * Cp], &partial[t * 2 * Cp + Cp]);
       }
     }
@@ -529,15 +536,15 @@ void backward_channels_last(const GroupNormShape& s, const scalar_t* dY, const s
         const int64_t offset = (n * HxW + j * R) * C;
         if (stash_g) {
           // dx holds g: T is acc_t here
-          k.grad_input_cl(dx + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
-                          &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
+          k.grad_input_cl(dx + offset, x + offset, dx + offset, rows_of(j), C, &cc.scale[n * Cp],
+                          &cc.mean[n * Cp], &cc.rstd[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
         } else if (act) {
           k.grad_input_act_cl[act - 1](dy + offset, x + offset, dx + offset, rows_of(j), C,
-                                       &a_c[n * Cp], &mean_c[n * Cp], &rstd_c[n * Cp],
-                                       &b_c[n * Cp], &k_c[n * Cp], &bias_c[n * Cp]);
+                                       &cc.scale[n * Cp], &cc.mean[n * Cp], &cc.rstd[n * Cp],
+                                       &b_c[n * Cp], &k_c[n * Cp], &cc.bias[n * Cp]);
         } else {
-          k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &a_c[n * Cp],
-                          &mean_c[n * Cp], &rstd_c[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
+          k.grad_input_cl(dy + offset, x + offset, dx + offset, rows_of(j), C, &cc.scale[n * Cp],
+                          &cc.mean[n * Cp], &cc.rstd[n * Cp], &b_c[n * Cp], &k_c[n * Cp]);
         }
       }
     });
