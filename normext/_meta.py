@@ -1,7 +1,31 @@
 """Fake (meta) kernels: shapes, dtypes and argument checks of every op, for torch.compile."""
+import functools
+
 import torch
 
 _REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _register_fake(name: str):
+    """torch.library.register_fake, plus one check for every op: all its tensors on one device.
+
+    NB: the dispatcher sends a call that mixes meta tensors with real ones to the Meta kernel,
+    which is this fake one; without the check it would hand back an uninitialized tensor on the
+    real tensors' device instead of torch's "not on the expected device" error.
+    """
+    def register(fake):
+        @functools.wraps(fake)
+        def checked(*args, **kwargs):
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            for t in tensors[1:]:
+                if t.device != tensors[0].device:
+                    raise RuntimeError(f"Tensor on device {t.device} is not on the expected "
+                                       f"device {tensors[0].device}!")
+            return fake(*args, **kwargs)
+
+        return torch.library.register_fake(name)(checked)
+
+    return register
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -55,6 +79,11 @@ def check_group_norm_args(input, weight, bias, num_groups: int) -> None:
                 f"Tensor on device {p.device} is not on the expected device {input.device}!"
             )
     check_param_dtypes(input, weight, bias)
+    HxW = 1
+    for size in input.shape[2:]:
+        HxW *= size
+    if HxW == 0:
+        raise RuntimeError(f"Expected HxW to be greater than 0, got {HxW}")
 
 
 def _c10_name(dtype: torch.dtype) -> str:
@@ -76,6 +105,18 @@ def group_norm_memory_format(input: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def batch_norm_memory_format(input: torch.Tensor) -> torch.memory_format:
+    """GroupNorm's rule, plus ATen batch_norm's: strides that are channels-last except on dims of
+    size 1 (is_contiguous(memory_format=...) ignores those) give a channels-last output too."""
+    fmt = group_norm_memory_format(input)
+    if fmt == torch.contiguous_format and not input.is_contiguous():
+        if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+            return torch.channels_last_3d
+    return fmt
+
+
 def check_activation(activation: int) -> None:
     if not 0 <= activation < 5:
         raise RuntimeError(
@@ -84,7 +125,7 @@ def check_activation(activation: int) -> None:
         )
 
 
-@torch.library.register_fake("normext::group_norm_forward")
+@_register_fake("normext::group_norm_forward")
 def _group_norm_forward_fake(input, weight, bias, num_groups, eps, activation=0):
     check_group_norm_args(input, weight, bias, num_groups)
     check_activation(activation)
@@ -94,7 +135,7 @@ def _group_norm_forward_fake(input, weight, bias, num_groups, eps, activation=0)
     return y, input.new_empty(stats, dtype=dtype), input.new_empty(stats, dtype=dtype)
 
 
-@torch.library.register_fake("normext::group_norm_backward")
+@_register_fake("normext::group_norm_backward")
 def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, num_groups, output_mask,
                               bias=None, activation=0):
     check_group_norm_args(input, weight, bias if activation else None, num_groups)
@@ -241,38 +282,38 @@ def _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, rms
     return dx, dweight, dbias
 
 
-@torch.library.register_fake("normext::layer_norm_forward")
+@_register_fake("normext::layer_norm_forward")
 def _layer_norm_forward_fake(input, normalized_shape, weight, bias, eps):
     y, _, mean, rstd = _row_norm_forward_fake(input, None, normalized_shape, weight, bias, False)
     return y, mean, rstd
 
 
-@torch.library.register_fake("normext::layer_norm_backward")
+@_register_fake("normext::layer_norm_backward")
 def _layer_norm_backward_fake(grad_out, input, normalized_shape, mean, rstd, weight, bias,
                               output_mask):
     return _row_norm_backward_fake(grad_out, input, normalized_shape, weight, bias, False,
                                    output_mask, (mean, rstd))
 
 
-@torch.library.register_fake("normext::rms_norm_forward")
+@_register_fake("normext::rms_norm_forward")
 def _rms_norm_forward_fake(input, normalized_shape, weight, eps):
     y, _, _, rstd = _row_norm_forward_fake(input, None, normalized_shape, weight, None, True)
     return y, rstd
 
 
-@torch.library.register_fake("normext::rms_norm_backward")
+@_register_fake("normext::rms_norm_backward")
 def _rms_norm_backward_fake(grad_out, input, normalized_shape, rstd, weight, output_mask):
     dx, dweight, _ = _row_norm_backward_fake(grad_out, input, normalized_shape, weight, None, True,
                                              list(output_mask) + [False], (rstd,))
     return dx, dweight
 
 
-@torch.library.register_fake("normext::add_layer_norm_forward")
+@_register_fake("normext::add_layer_norm_forward")
 def _add_layer_norm_forward_fake(input, residual, normalized_shape, weight, bias, eps):
     return _row_norm_forward_fake(input, residual, normalized_shape, weight, bias, False)
 
 
-@torch.library.register_fake("normext::add_rms_norm_forward")
+@_register_fake("normext::add_rms_norm_forward")
 def _add_rms_norm_forward_fake(input, residual, normalized_shape, weight, eps):
     y, summed, _, rstd = _row_norm_forward_fake(input, residual, normalized_shape, weight, None,
                                                 True)
@@ -317,6 +358,9 @@ def check_batch_norm_args(input, weight, bias, running_mean, running_var, traini
             raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
         if t is None and not training:
             raise RuntimeError(f"{name} must be defined in evaluation mode")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "running_mean and running_var must either both be None or neither be None")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.numel() != C:
             raise RuntimeError(f"{name} should contain {C} elements not {t.numel()}")
@@ -327,11 +371,11 @@ def check_batch_norm_args(input, weight, bias, running_mean, running_var, traini
     _bn_param_dtypes(input, weight, bias, running_mean, running_var)
 
 
-@torch.library.register_fake("normext::batch_norm_forward_impl")
+@_register_fake("normext::batch_norm_forward_impl")
 def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var, training,
                                   momentum, eps):
     check_batch_norm_args(input, weight, bias, running_mean, running_var, training)
-    y = torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    y = torch.empty_like(input, memory_format=batch_norm_memory_format(input))
     acc = acc_dtype(input.dtype)
     C = input.shape[1] if input.dim() >= 2 else 0
     n = C if training or input.numel() == 0 else 0
@@ -343,44 +387,44 @@ def _batch_norm_forward_impl_fake(input, weight, bias, running_mean, running_var
             new_running(running_mean), new_running(running_var))
 
 
-@torch.library.register_fake("normext::batch_norm_backward")
+@_register_fake("normext::batch_norm_backward")
 def _batch_norm_backward_fake(grad_out, input, weight, running_mean, running_var, save_mean,
                               save_invstd, train, eps, output_mask):
     C = input.shape[1] if input.dim() >= 2 else 0
     param_dtype = weight.dtype if weight is not None else input.dtype
-    dx = (torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    dx = (torch.empty_like(input, memory_format=batch_norm_memory_format(input))
           if output_mask[0] else input.new_empty((0,)))
     dweight = input.new_empty((C if output_mask[1] else 0,), dtype=param_dtype)
     dbias = input.new_empty((C if output_mask[2] else 0,), dtype=param_dtype)
     return dx, dweight, dbias
 
 
-@torch.library.register_fake("normext::batch_norm_stats")
+@_register_fake("normext::batch_norm_stats")
 def _batch_norm_stats_fake(input):
     C = input.shape[1]
     return input.new_empty((C,), dtype=torch.float64), input.new_empty((C,), dtype=torch.float64)
 
 
-@torch.library.register_fake("normext::batch_norm_elemt")
+@_register_fake("normext::batch_norm_elemt")
 def _batch_norm_elemt_fake(input, weight, bias, mean, invstd):
     _bn_param_dtypes(input, weight, bias)
-    return torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    return torch.empty_like(input, memory_format=batch_norm_memory_format(input))
 
 
-@torch.library.register_fake("normext::batch_norm_backward_reduce")
+@_register_fake("normext::batch_norm_backward_reduce")
 def _batch_norm_backward_reduce_fake(grad_out, input, mean):
     acc = acc_dtype(input.dtype)
     C = input.shape[1]
     return input.new_empty((C,), dtype=acc), input.new_empty((C,), dtype=acc)
 
 
-@torch.library.register_fake("normext::batch_norm_backward_elemt")
+@_register_fake("normext::batch_norm_backward_elemt")
 def _batch_norm_backward_elemt_fake(grad_out, input, weight, mean, invstd, sum_dy, sum_dy_xmu,
                                     count):
-    return torch.empty_like(input, memory_format=group_norm_memory_format(input))
+    return torch.empty_like(input, memory_format=batch_norm_memory_format(input))
 
 
-@torch.library.register_fake("normext::add_group_norm_forward")
+@_register_fake("normext::add_group_norm_forward")
 def _add_group_norm_forward_fake(input, residual, weight, bias, num_groups, eps, activation=0):
     check_group_norm_args(input, weight, bias, num_groups)
     check_activation(activation)
@@ -401,7 +445,7 @@ def _add_group_norm_forward_fake(input, residual, weight, bias, num_groups, eps,
             input.new_empty(stats, dtype=dtype), input.new_empty(stats, dtype=dtype))
 
 
-@torch.library.register_fake("normext::group_norm_inplace")
+@_register_fake("normext::group_norm_inplace")
 def _group_norm_inplace_fake(input, weight, bias, num_groups, eps, activation=0):
     check_group_norm_args(input, weight, bias, num_groups)
     check_activation(activation)
@@ -468,13 +512,13 @@ def dyt_memory_format(input: torch.Tensor, channels_last: bool) -> torch.memory_
     return group_norm_memory_format(input)
 
 
-@torch.library.register_fake("normext::dyt_forward")
+@_register_fake("normext::dyt_forward")
 def _dyt_forward_fake(input, alpha, weight, bias, channels_last):
     check_dyt_args(input, alpha, weight, bias, channels_last)
     return torch.empty_like(input, memory_format=dyt_memory_format(input, channels_last))
 
 
-@torch.library.register_fake("normext::dyt_backward")
+@_register_fake("normext::dyt_backward")
 def _dyt_backward_fake(grad_out, input, alpha, weight, channels_last, output_mask):
     check_dyt_args(input, alpha, weight, None, channels_last)
     if weight is not None:

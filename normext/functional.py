@@ -23,6 +23,33 @@ def _verify_batch_size(size: List[int]) -> None:
         )
 
 
+def _check_scalar(fn: str, name: str, position: int, value, kind: str) -> None:
+    """torch's argument parser's TypeError for a scalar argument of the wrong type (the
+    dispatcher, left to find it, raises a RuntimeError)."""
+    if kind == "int":
+        ok = isinstance(value, (int, torch.SymInt)) or hasattr(type(value), "__index__")
+    else:
+        ok = isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) or hasattr(
+            type(value), "__float__")
+    if not ok:
+        raise TypeError(f"{fn}(): argument '{name}' (position {position}) must be {kind}, not "
+                        f"{type(value).__name__}")
+
+
+def _check_running_stats(input: Tensor, running_mean: Optional[Tensor],
+                         running_var: Optional[Tensor], training: bool) -> None:
+    """The errors ATen's batch_norm (hence instance_norm) adds for the running statistics."""
+    if training and input.numel() > 0 and (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "running_mean and running_var must either both be None or neither be None")
+    if torch.is_grad_enabled():
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if t is not None and t.requires_grad:
+                raise RuntimeError(
+                    f"normext batch_norm is not differentiable with respect to argument "
+                    f"'{name}'. This input cannot have requires_grad True.")
+
+
 # Activation names of the fused GroupNorm -> the ops' `activation` argument.
 ACTIVATIONS = {None: 0, "silu": 1, "gelu": 2, "gelu_tanh": 3, "relu": 4}
 _add_group_norm_forward = eager_op(
@@ -65,8 +92,13 @@ def _check_inplace_allowed(*tensors) -> None:
         )
 
 
-def _check_group_norm_args(input: Tensor, num_groups: int, activation: Optional[str]) -> int:
-    """F.group_norm's checks of the input, with its messages; returns the activation's code."""
+def _check_group_norm_args(input: Tensor, num_groups: int, eps: float,
+                           activation: Optional[str], fn: str = "group_norm",
+                           shift: int = 0) -> int:
+    """F.group_norm's checks of the input, with its messages; returns the activation's code.
+    shift: positions of the arguments after `input` in fn's signature, beyond group_norm's."""
+    _check_scalar(fn, "num_groups", 2 + shift, num_groups, "int")
+    _check_scalar(fn, "eps", 5 + shift, eps, "float")
     act = activation_code(activation)
     if input.dim() < 2:
         raise RuntimeError(
@@ -100,7 +132,7 @@ def group_norm(
             group_norm, (input, weight, bias), input, num_groups, weight=weight, bias=bias, eps=eps,
             activation=activation, inplace=inplace,
         )
-    act = _check_group_norm_args(input, num_groups, activation)
+    act = _check_group_norm_args(input, num_groups, eps, activation)
     if inplace:
         _check_inplace_allowed(input, weight, bias)
     else:
@@ -130,7 +162,14 @@ def _normalized_shape(normalized_shape, fn: str, position: int) -> List[int]:
             f"{fn}(): argument 'normalized_shape' (position {position}) must be tuple of ints, "
             f"not {type(normalized_shape).__name__}"
         )
-    return list(normalized_shape)
+    shape = list(normalized_shape)
+    for i, size in enumerate(shape):
+        if not (isinstance(size, (int, torch.SymInt)) or hasattr(type(size), "__index__")):
+            raise TypeError(
+                f"{fn}(): argument 'normalized_shape' (position {position}) must be tuple of "
+                f"ints, but found element of type {type(size).__name__} at pos {i}"
+            )
+    return shape
 
 
 def layer_norm(
@@ -147,6 +186,7 @@ def layer_norm(
             eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "layer_norm", 2)
+    _check_scalar("layer_norm", "eps", 5, eps, "float")
     input, weight, bias = _under_cuda_autocast(input, weight, bias)
     if _reference.needed():
         return torch.nn.functional.layer_norm(input, shape, weight, bias, eps)
@@ -166,6 +206,8 @@ def rms_norm(
             rms_norm, (input, weight), input, normalized_shape, weight=weight, eps=eps
         )
     shape = _normalized_shape(normalized_shape, "rms_norm", 2)
+    if eps is not None:
+        _check_scalar("rms_norm", "eps", 4, eps, "float")
     input, weight = _under_cuda_autocast(input, weight)
     if input.is_complex() or _reference.needed():
         # torch's rms_norm also takes complex input; normext's kernels are real, so torch's own
@@ -190,6 +232,7 @@ def add_layer_norm(
             weight=weight, bias=bias, eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "add_layer_norm", 3)
+    _check_scalar("add_layer_norm", "eps", 6, eps, "float")
     if _reference.needed():
         return _reference.add_layer_norm(input, residual, shape, weight, bias, eps)
     y, summed, _, _ = _add_layer_norm_forward(input, residual, shape, weight, bias, eps)
@@ -210,6 +253,8 @@ def add_rms_norm(
             weight=weight, eps=eps,
         )
     shape = _normalized_shape(normalized_shape, "add_rms_norm", 3)
+    if eps is not None:
+        _check_scalar("add_rms_norm", "eps", 5, eps, "float")
     if _reference.needed():
         return _reference.add_rms_norm(input, residual, shape, weight, eps)
     y, summed, _ = _add_rms_norm_forward(input, residual, shape, weight, eps)
@@ -269,6 +314,8 @@ def batch_norm(
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     elif eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    _check_scalar("batch_norm", "momentum", 7, momentum, "float")
+    _check_running_stats(input, running_mean, running_var, training)
     return _batch_norm_forward(input, weight, bias, running_mean, running_var, training,
                                momentum, eps)[0]
 
@@ -311,6 +358,9 @@ def instance_norm(
                                                  use_input_stats, momentum, eps)
     if use_input_stats:
         _verify_spatial_size(input.size())
+    _check_scalar("instance_norm", "momentum", 7, momentum, "float")
+    _check_scalar("instance_norm", "eps", 8, eps, "float")
+    _check_running_stats(input, running_mean, running_var, use_input_stats)
     if not use_input_stats and (running_mean is None or running_var is None):
         raise RuntimeError(
             "Expected running_mean and running_var to be defined when use_input_stats is false"
@@ -322,11 +372,16 @@ def instance_norm(
                     ("running_var", running_var)):
         if t is not None and t.numel() != C:
             raise RuntimeError(f"{name} should contain {N * C} elements not {N * t.numel()}")
-    # ATen's batch_norm dtype rules (the first given parameter decides), before GroupNorm's.
-    _bn_param_dtypes(input, weight, bias, running_mean, running_var)
+    # ATen's batch_norm dtype rules (the first given parameter decides), before GroupNorm's. The
+    # running statistics take no part: ATen passes batch_norm repeated copies of them and writes
+    # their mean back into them in their own dtype, so any floating dtype works.
+    _bn_param_dtypes(input, weight, bias)
     if not use_input_stats:
-        return _batch_norm_forward(input, weight, bias, running_mean, running_var, False,
-                                   momentum, eps)[0]
+        param = weight if weight is not None else bias
+        stats_dtype = param.dtype if param is not None else (
+            torch.float32 if input.dtype in (torch.bfloat16, torch.float16) else input.dtype)
+        return _batch_norm_forward(input, weight, bias, running_mean.to(stats_dtype),
+                                   running_var.to(stats_dtype), False, momentum, eps)[0]
     if input.numel() == 0:
         y = _batch_norm_forward(input, weight, bias, None, None, True, momentum, eps)[0]
         mean = var = None
@@ -378,7 +433,7 @@ def add_group_norm(
             add_group_norm, (input, residual, weight, bias), input, residual, num_groups,
             weight=weight, bias=bias, eps=eps, activation=activation,
         )
-    act = _check_group_norm_args(input, num_groups, activation)
+    act = _check_group_norm_args(input, num_groups, eps, activation, "add_group_norm", 1)
     if _reference.needed():
         return _reference.add_group_norm(input, residual, num_groups, weight, bias, eps, act)
     out, summed, _, _ = _add_group_norm_forward(input, residual, weight, bias, num_groups, eps, act)

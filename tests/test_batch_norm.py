@@ -273,14 +273,59 @@ ERROR_CASES = {
                              torch.ones(3, device=d)), {}),
     "one_value_per_channel": lambda d: ((torch.randn(1, 3, device=d), None, None), {"training": True}),
     "one_value_per_channel_3d": lambda d: ((torch.randn(1, 3, 1, device=d), None, None), {"training": True}),
+    "train_running_mean_only": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d), None),
+                                          {"training": True}),
+    "train_running_var_only": lambda d: ((torch.randn(4, 3, device=d), None, torch.ones(3, device=d)),
+                                         {"training": True}),
+    "running_stats_require_grad": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d).requires_grad_(),
+                                              torch.ones(3, device=d).requires_grad_()), {}),
+    "momentum_none": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d), torch.ones(3, device=d)),
+                                {"training": True, "momentum": None}),
+    # A meta tensor among real ones sends the call to the fake kernel, which must refuse it.
+    "meta_running_stats": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device="meta"),
+                                      torch.ones(3, device="meta")), {}),
+    "meta_weight": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d), torch.ones(3, device=d)),
+                              {"weight": torch.ones(3, device="meta"), "training": True}),
 }
+
+# Only ATen's message names its own function ('native_batch_norm'); type and the rest agree.
+_OWN_MESSAGE = {"running_stats_require_grad"}
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
 def test_errors_match_torch(device, case):
     args, kwargs = ERROR_CASES[case](device)
-    assert_same_error(lambda: normext.functional.batch_norm(*args, **kwargs),
-                      lambda: F.batch_norm(*args, **kwargs))
+    ours, _ = assert_same_error(lambda: normext.functional.batch_norm(*args, **kwargs),
+                                lambda: F.batch_norm(*args, **kwargs),
+                                match_message=case not in _OWN_MESSAGE)
+    if case in _OWN_MESSAGE:
+        assert "not differentiable with respect to argument 'running_mean'" in str(ours)
+
+
+def test_running_stats_that_require_grad_are_fine_without_grad_mode():
+    x = torch.randn(4, 3)
+    rm, rv = torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(normext.functional.batch_norm(x, rm, rv, training=True),
+                                   F.batch_norm(x, rm.clone(), rv.clone(), training=True))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 2, 1), (2, 3, 1, 4), (1, 4, 2, 1, 1)], ids=str)
+@pytest.mark.parametrize("training", [False, True])
+def test_channels_last_with_odd_strides_on_size_one_dims(shape, training):
+    """ATen's batch_norm returns a channels-last output for an input whose strides are
+    channels-last except on size-1 dims (PyTorch's test_batchnorm_non_contig_cpu)."""
+    perm = (0, 2, 1, 3) if len(shape) == 4 else (0, 2, 1, 3, 4)
+    x = torch.arange(float(torch.Size(shape).numel())).reshape(shape).permute(perm)
+    C = x.shape[1]
+    w = torch.rand(C)
+    y_ours = normext.functional.batch_norm(x, torch.zeros(C), torch.ones(C), w, None, training=training)
+    y_torch = F.batch_norm(x, torch.zeros(C), torch.ones(C), w, None, training=training)
+    assert y_ours.stride() == y_torch.stride()
+    torch.testing.assert_close(y_ours, y_torch)
+    fake = torch.ops.normext.batch_norm_forward(x.to("meta"), None, None, torch.zeros(C, device="meta"),
+                                                torch.ones(C, device="meta"), training, 0.1, 1e-5)[0]
+    assert fake.stride() == y_torch.stride()
 
 
 MODULES = [(normext.BatchNorm1d, nn.BatchNorm1d, (6, 5, 7)), (normext.BatchNorm1d, nn.BatchNorm1d, (6, 5)),

@@ -765,6 +765,10 @@ def _err_cases(device):
         "zero_channels_negative_groups": lambda gn: gn(torch.randn(1, 0, 2, device=device), -1),
         "zero_spatial": lambda gn: gn(torch.randn(2, 6, 0, 3, device=device), 3),
         "zero_spatial_3d": lambda gn: gn(torch.randn(2, 6, 0, device=device), 3),
+        "zero_spatial_empty_batch": lambda gn: gn(torch.randn(0, 6, 0, device=device), 3),
+        "zero_spatial_empty_batch_4d": lambda gn: gn(torch.randn(0, 6, 3, 0, device=device), 3),
+        "num_groups_float": lambda gn: gn(torch.randn(2, 6, 3, device=device), 3.0),
+        "eps_none": lambda gn: gn(torch.randn(2, 6, 3, device=device), 3, eps=None),
         "weight_on_meta": lambda gn: gn(x, 3, torch.randn(6, device="meta")),
     }
 
@@ -776,7 +780,7 @@ ERROR_CASE_NAMES = list(_err_cases("cpu").keys())
 # the bias shape [0] instead of the bias's shape and accepts zero-size spatial dims.
 _TORCH_BEFORE_2_14 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14)
 _CHANGED_IN_2_14 = {"bias_wrong_size", "bias_wrong_size_with_weight", "zero_spatial",
-                    "zero_spatial_3d"}
+                    "zero_spatial_3d", "zero_spatial_empty_batch", "zero_spatial_empty_batch_4d"}
 
 
 @pytest.mark.parametrize("case", ERROR_CASE_NAMES)

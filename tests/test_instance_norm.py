@@ -111,6 +111,13 @@ ERRORS = {
     "mixed_dtypes_double_weight": lambda: ((torch.randn(4, 3, 5).bfloat16(),), {"weight": torch.ones(3).double()}),
     "running_mean_size": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.ones(2),
                                                            "running_var": torch.ones(3)}),
+    "running_mean_only": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.zeros(3)}),
+    "momentum_none": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.zeros(3),
+                                                        "running_var": torch.ones(3), "momentum": None}),
+    "eps_none": lambda: ((torch.randn(4, 3, 5),), {"eps": None}),
+    "meta_running_stats_eval": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.zeros(3, device="meta"),
+                                                                  "running_var": torch.ones(3, device="meta"),
+                                                                  "use_input_stats": False}),
 }
 
 
@@ -119,6 +126,30 @@ def test_errors_match_torch(case):
     args, kwargs = ERRORS[case]()
     assert_same_error(lambda: normext.functional.instance_norm(*args, **kwargs),
                       lambda: F.instance_norm(*args, **kwargs))
+
+
+@pytest.mark.parametrize("dtype,stats_dtype,param_dtype", [
+    (torch.float64, torch.float32, None), (torch.float64, torch.float32, torch.float64),
+    (torch.float32, torch.bfloat16, None), (torch.float32, torch.float64, torch.float32),
+    (torch.bfloat16, torch.float64, None), (torch.bfloat16, torch.bfloat16, torch.float32),
+], ids=str)
+@pytest.mark.parametrize("use_input_stats", [True, False])
+def test_running_stats_of_another_dtype(dtype, stats_dtype, param_dtype, use_input_stats):
+    """ATen normalizes repeated copies of the running statistics and writes their mean back in
+    their own dtype: their dtype need not match the input's or the parameters'."""
+    x = torch.randn(2, 3, 6, dtype=dtype) + 2
+    w = None if param_dtype is None else torch.rand(3, dtype=param_dtype) + 0.5
+    outs = []
+    for fn in (normext.functional.instance_norm, F.instance_norm):
+        rm, rv = torch.full((3,), 0.5, dtype=stats_dtype), torch.full((3,), 2.0, dtype=stats_dtype)
+        y = fn(x, rm, rv, w, None, use_input_stats)
+        outs.append((y, rm, rv))
+    (y, rm, rv), (y_t, rm_t, rv_t) = outs
+    assert y.dtype == y_t.dtype == dtype and rm.dtype == stats_dtype
+    tol = {"atol": 2e-2, "rtol": 2e-2} if torch.bfloat16 in (dtype, stats_dtype) else {}
+    torch.testing.assert_close(y, y_t, **tol)
+    torch.testing.assert_close(rm, rm_t, **tol)
+    torch.testing.assert_close(rv, rv_t, **tol)
 
 
 MODULES = [(normext.InstanceNorm1d, nn.InstanceNorm1d, (3, 4, 7)), (normext.InstanceNorm1d, nn.InstanceNorm1d, (4, 7)),

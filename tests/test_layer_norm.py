@@ -457,6 +457,7 @@ def _error_cases(device):
         "int_input": lambda fn: fn(x.long(), [4]),
         "int_input_bad_shape": lambda fn: fn(x.long(), [5]),
         "int_normalized_shape": lambda fn: fn(x, 4),
+        "float_in_normalized_shape": lambda fn: fn(x, [4.0]),
         "weight_float64": lambda fn: fn(x, [4], torch.randn(4, **f64)),
         "half_input_bf16_weight": lambda fn: fn(x.half(), [4], torch.randn(4, device=device).bfloat16()),
     }
@@ -475,6 +476,7 @@ def _layer_only_cases(device):
         "half_weight_f32_bias": lambda fn: fn(x.half(), [4], torch.randn(4, device=device).half(),
                                               torch.randn(4, device=device)),
         "int_input_float_weight": lambda fn: fn(x.long(), [4], torch.randn(4, device=device)),
+        "eps_none": lambda fn: fn(x, [4], eps=None),
     }
 
 
@@ -493,8 +495,8 @@ def test_errors_match_torch(device, kind, case):
     cases = {**_error_cases(device), **_layer_only_cases(device)}
     fn = cases[case]
     if kind == "layer":
-        o = lambda x, s, w=None, b=None: NF.layer_norm(x, s, w, b)  # noqa: E731
-        t = lambda x, s, w=None, b=None: F.layer_norm(x, s, w, b)  # noqa: E731
+        o = lambda x, s, w=None, b=None, **kw: NF.layer_norm(x, s, w, b, **kw)  # noqa: E731
+        t = lambda x, s, w=None, b=None, **kw: F.layer_norm(x, s, w, b, **kw)  # noqa: E731
     else:
         o = lambda x, s, w=None: NF.rms_norm(x, s, w)  # noqa: E731
         t = lambda x, s, w=None: F.rms_norm(x, s, w)  # noqa: E731

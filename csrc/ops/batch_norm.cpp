@@ -68,19 +68,31 @@ void check_batch_norm_dtypes(const at::Tensor& input, std::initializer_list<at::
   check_mixed_param_dtypes(input, params);
 }
 
+// GroupNorm's rule (keeps_channels_last), plus what ATen's batch_norm adds: an input whose strides
+// are channels-last except on dims of size 1 (is_contiguous(channels_last), which ignores them,
+// while suggest_memory_format does not) is channels-last too (test_batchnorm_non_contig_cpu).
+bool batch_norm_channels_last(const at::Tensor& input) {
+  if (keeps_channels_last(input)) {
+    return true;
+  }
+  return !input.is_contiguous() &&
+         ((input.dim() == 4 && input.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+          (input.dim() == 5 && input.is_contiguous(at::MemoryFormat::ChannelsLast3d)));
+}
+
 BatchNormShape shape_of(const at::Tensor& input) {
   const int64_t N = input.size(0);
   const int64_t C = input.size(1);
   const int64_t HxW = spatial_size(input);
-  const bool channels_last = keeps_channels_last(input);
+  const bool channels_last = batch_norm_channels_last(input);
   // NB: with one position per sample, contiguous NCHW is N rows of C channels: the channels-last
   // loops vectorize over C instead of running N * C one-element planes.
   return {N, C, HxW, channels_last || HxW == 1};
 }
 
 at::MemoryFormat memory_format_of(const at::Tensor& input) {
-  if (keeps_channels_last(input)) {
-    return input.suggest_memory_format();
+  if (batch_norm_channels_last(input)) {
+    return input.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
   }
   return at::MemoryFormat::Contiguous;
 }
@@ -176,6 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   TORCH_CHECK(running_mean.defined() || training, "running_mean must be defined in evaluation mode");
   check_features("running_var", C, running_var);
   TORCH_CHECK(running_var.defined() || training, "running_var must be defined in evaluation mode");
+  TORCH_CHECK_VALUE(running_mean.defined() == running_var.defined(),
+                    "running_mean and running_var must either both be None or neither be None");
   check_features("weight", C, weight);
   check_features("bias", C, bias);
   TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ",

@@ -83,8 +83,8 @@ GroupNormShape check_forward_args(const at::Tensor& input,
   check_param_dtypes(input, {weight, bias});
   check_activation(activation);
   const GroupNormShape shape = shape_of(input, num_groups);
-  TORCH_CHECK(shape.N == 0 || shape.C == 0 || shape.HxW > 0,
-              "Expected HxW to be greater than 0, got ", shape.HxW);
+  // NB: as ATen's, even for an empty batch (only C > 0 was checked before).
+  TORCH_CHECK(shape.HxW > 0, "Expected HxW to be greater than 0, got ", shape.HxW);
   return shape;
 }
 
