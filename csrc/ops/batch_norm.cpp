@@ -125,6 +125,48 @@ at::Tensor apply(const at::Tensor& input, const at::Tensor& weight, const at::Te
   return Y;
 }
 
+// Evaluation mode: y = (x - running_mean) * rsqrt(running_var + eps) * weight + bias. On the CPU
+// the per-channel mean, scale and shift come from one loop over C (op by op they cost ~10 us, as
+// much as normalizing a 512x7x7 feature map); values as the ops compute them: float32 rsqrt of
+// float32 var + eps, times the weight.
+at::Tensor apply_running(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                         const at::Tensor& running_mean, const at::Tensor& running_var,
+                         double eps, const BatchNormKernels& kernels) {
+  if (!input.is_cpu()) {
+    const at::Tensor mean = per_channel(running_mean, input);
+    const at::Tensor invstd = invstd_of_var(per_channel(running_var, input), eps);
+    return apply(input, weight, bias, mean, invstd, kernels);
+  }
+  const BatchNormShape shape = shape_of(input);
+  const at::MemoryFormat format = memory_format_of(input);
+  const at::Tensor X = input.contiguous(format);
+  at::Tensor Y = at::empty_like(X, X.options(), format);
+  const int64_t C = shape.C;
+  at::Tensor coeffs = at::empty({3, C}, input.options().dtype(acc_dtype_of(input)));
+  const at::Tensor mean_in = per_channel(running_mean, input);
+  const at::Tensor var_in = per_channel(running_var, input);
+  const at::Tensor weight_in = weight.defined() ? per_channel(weight, input) : at::Tensor();
+  const at::Tensor bias_in = bias.defined() ? per_channel(bias, input) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(coeffs.scalar_type(), "batch_norm_eval_coefficients", [&] {
+    const scalar_t* m = mean_in.const_data_ptr<scalar_t>();
+    const scalar_t* v = var_in.const_data_ptr<scalar_t>();
+    const scalar_t* w = weight_in.defined() ? weight_in.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* b = bias_in.defined() ? bias_in.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* out = coeffs.mutable_data_ptr<scalar_t>();
+    const scalar_t eps_t = static_cast<scalar_t>(eps);
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t invstd = scalar_t(1) / std::sqrt(v[c] + eps_t);
+      out[c] = m[c];
+      out[C + c] = w != nullptr ? invstd * w[c] : invstd;
+      out[2 * C + c] = b != nullptr ? b[c] : scalar_t(0);
+    }
+  });
+  if (X.numel() > 0) {
+    kernels.apply(shape, X, coeffs[0], coeffs[1], coeffs[2], Y);
+  }
+  return Y;
+}
+
 // running * (1 - momentum) + batch / divisor * momentum, computed in float64 and rounded to the
 // running statistics' dtype, as ATen updates them; batch: (C,) float64 on the running
 // statistics' device. On the CPU one loop over the C values (op by op it was ~8 us per tensor,
@@ -199,9 +241,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
 
   const BatchNormShape shape = shape_of(input);
   if (!training) {
-    const at::Tensor mean = per_channel(running_mean, input);
-    const at::Tensor invstd = invstd_of_var(per_channel(running_var, input), eps);
-    return {apply(input, weight, bias, mean, invstd, kernels), at::empty({0}, stats_options),
+    return {apply_running(input, weight, bias, running_mean, running_var, eps, kernels),
+            at::empty({0}, stats_options),
             at::empty({0}, stats_options), at::empty({0}, stats_options),
             at::empty({0}, stats_options)};
   }

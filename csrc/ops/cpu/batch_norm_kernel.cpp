@@ -198,19 +198,36 @@ void apply_impl(const BatchNormShape& s, const scalar_t* X, const at::opmath_typ
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const Tiling tiling(s);
-  const auto mean_p = padded(mean, s.C), scale_p = padded(scale, s.C), shift_p = padded(shift, s.C);
   // NB: each thread gets the same range of tasks as the statistics pass and walks it backwards,
   // so the chunks it read last (still in its L2) are normalized first.
-  at::parallel_for(0, tiling.tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = end - 1; t >= begin; --t) {
-      const int64_t o = tiling.offset(t);
-      if (s.channels_last) {
+  if (s.channels_last) {
+    const auto mean_p = padded(mean, s.C), scale_p = padded(scale, s.C), shift_p = padded(shift, s.C);
+    at::parallel_for(0, tiling.tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = end - 1; t >= begin; --t) {
+        const int64_t o = tiling.offset(t);
         k.normalize_cl(x + o, y + o, tiling.length(t), s.C, mean_p.data(), scale_p.data(),
                        shift_p.data());
-      } else {
-        const int64_t c = tiling.channel(t);
-        k.normalize_planes(x + o, y + o, tiling.planes(t), tiling.length(t), tiling.stride,
-                           mean[c], scale[c], shift[c]);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, tiling.tasks, 1, [&](int64_t begin, int64_t end) {
+    // NB: task t = (g * C + c) * per_plane + j, walked down with running indices: the divisions
+    // of Tiling's accessors cost more per task than a 7x7 plane's normalize.
+    int64_t j = (end - 1) % tiling.per_plane;
+    int64_t c = (end - 1) / tiling.per_plane % s.C;
+    int64_t g = (end - 1) / (tiling.per_plane * s.C);
+    for (int64_t t = end - 1; t >= begin; --t) {
+      const int64_t o = (g * tiling.group * s.C + c) * s.HxW + j * kChunkElems;
+      k.normalize_planes(x + o, y + o, std::min(tiling.group, s.N - g * tiling.group),
+                         std::min(kChunkElems, s.HxW - j * kChunkElems), tiling.stride, mean[c],
+                         scale[c], shift[c]);
+      if (--j < 0) {
+        j = tiling.per_plane - 1;
+        if (--c < 0) {
+          c = s.C - 1;
+          --g;
+        }
       }
     }
   });
