@@ -110,3 +110,35 @@ def test_eager_function_matches_the_ops_autograd_kernel(name, create_graph, monk
     assert type(node).__name__.startswith("GeneratedBackwardFor_normext_"), type(node).__name__
     for a, b in zip(eager, kernel):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _mixed_device_calls():
+    """Op calls with one argument on the meta device and the others on the CPU."""
+    ops = torch.ops.normext
+    x = torch.randn(2, 6, 4, 4)
+    dy = torch.randn_like(x)
+    mean, rstd = torch.zeros(2, 3), torch.ones(2, 3)
+    rows = torch.randn(4, 8)
+    row_stats = torch.zeros(4), torch.ones(4)
+    meta = lambda t: t.to("meta")  # noqa: E731
+    return {
+        "group_norm_forward weight": lambda: ops.group_norm_forward(x, meta(torch.ones(6)), None, 3, 1e-5),
+        "group_norm_backward grad_out": lambda: ops.group_norm_backward(
+            meta(dy), x, mean, rstd, None, 3, [True, True, True]),
+        "group_norm_backward mean": lambda: ops.group_norm_backward(
+            dy, x, meta(mean), rstd, None, 3, [True, True, True]),
+        "layer_norm_backward rstd": lambda: ops.layer_norm_backward(
+            torch.randn_like(rows), rows, [8], row_stats[0], meta(row_stats[1]), None, None, [True, True, True]),
+        "batch_norm_forward running_var": lambda: ops.batch_norm_forward(
+            x, None, None, torch.zeros(6), meta(torch.ones(6)), False, 0.1, 1e-5),
+        "batch_norm_backward_reduce grad_out": lambda: ops.batch_norm_backward_reduce(
+            meta(dy), x, torch.zeros(6)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_mixed_device_calls()))
+def test_a_meta_tensor_among_cpu_ones_is_refused(case):
+    """The dispatcher sends such a call to the fake (Meta) kernel: it must raise torch's device
+    error, not hand back an uninitialized CPU tensor."""
+    with pytest.raises(RuntimeError, match="is not on the expected device"):
+        _mixed_device_calls()[case]()

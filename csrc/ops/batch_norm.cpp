@@ -449,6 +449,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& 
               input.dim());
   TORCH_CHECK(grad_out.sizes() == input.sizes() && grad_out.scalar_type() == input.scalar_type(),
               "Expected grad_out of the input's shape and dtype");
+  check_same_device(input, {grad_out});
   check_stat(input, mean, "mean");
   const auto acc_options = input.options().dtype(acc_dtype_of(input));
   const int64_t C = input.size(1);
@@ -473,6 +474,7 @@ at::Tensor batch_norm_backward_elemt(const at::Tensor& grad_out, const at::Tenso
               input.dim());
   TORCH_CHECK(grad_out.sizes() == input.sizes() && grad_out.scalar_type() == input.scalar_type(),
               "Expected grad_out of the input's shape and dtype");
+  check_same_device(input, {grad_out});
   TORCH_CHECK(count > 0, "batch_norm_backward_elemt: count must be positive, got ", count);
   const at::Tensor weight_t = value_or_undefined(weight);
   check_features("weight", input.size(1), weight_t);

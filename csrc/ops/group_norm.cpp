@@ -194,6 +194,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
               " (the input's), but got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "Expected grad_out of dtype ",
               input.scalar_type(), " (the input's), but got ", grad_out.scalar_type());
+  // NB: the kernels take raw pointers: a tensor on another device would be read as if it were
+  // on the input's (a CUDA illegal address, or garbage).
+  check_same_device(input, {grad_out, mean, rstd});
   const GroupNormShape shape = shape_of(input, num_groups);
   const auto acc = acc_dtype_of(input);
   for (const at::Tensor* stat : {&mean, &rstd}) {

@@ -175,6 +175,8 @@ BackwardResult row_norm_backward(const at::Tensor& grad_out, const at::Tensor& i
               " (the input's), but got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "Expected grad_out of dtype ",
               input.scalar_type(), " (the input's), but got ", grad_out.scalar_type());
+  // NB: the kernels take raw pointers (mean is undefined for RMSNorm: skipped).
+  check_same_device(input, {grad_out, mean, rstd});
   const auto acc = acc_dtype_of(input);
   for (const at::Tensor* stat : {&mean, &rstd}) {
     TORCH_CHECK(!stat->defined() || (stat->numel() == shape.M && stat->scalar_type() == acc),

@@ -11,6 +11,7 @@
 // Backward: sums (ds = sum dy * (x - mean), db = sum dy per piece) -> finalize (sum per channel
 //           in double) -> the op layer's coefficients -> dx = a dy + b xhat + k.
 #include <cstdint>
+#include <type_traits>
 
 #include "common/welford.h"
 #include "ops/cuda/cuda_common.cuh"
@@ -75,14 +76,43 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
+// Exact statistics of channel c in double, two passes by one thread, as the CPU's
+// exact_channel_stats: for a channel whose fp32 accumulation overflowed (|x| ~ 1e19 and above),
+// so a huge finite input still gets the right answer. Rare, so one thread per such channel.
+template <typename T>
+__device__ WelfordStat<double> exact_channel_stats(const BatchNormPlan& p,
+                                                   const T* __restrict__ x, int64_t c) {
+  const int64_t count = p.N * p.HxW;
+  auto at = [&](int64_t i) {
+    return static_cast<double>(to_acc(x[p.channels_last ? i * p.C + c : nchw_offset(p, c, i)]));
+  };
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    sum += at(i);
+  }
+  const double mean = sum / static_cast<double>(count);
+  double m2 = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double d = at(i) - mean;
+    m2 += d * d;
+  }
+  return {mean, m2, count};
+}
+
+template <typename T>
 __global__ void __launch_bounds__(kBlockThreads)
-    stats_finalize_kernel(BatchNormPlan p, const WelfordStat<double>* partials, double* mean,
-                          double* m2) {
+    stats_finalize_kernel(BatchNormPlan p, const T* __restrict__ x,
+                          const WelfordStat<double>* partials, double* mean, double* m2) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < p.C;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     WelfordStat<double> s{0, 0, 0};
     for (int64_t split = 0; split < p.splits; ++split) {
       s = welford_merge(s, partials[partial_index(p, c, split)]);
+    }
+    if constexpr (!std::is_same<acc_type<T>, double>::value) {
+      if (welford_overflowed(s)) {
+        s = exact_channel_stats(p, x, c);
+      }
     }
     mean[c] = s.mean;
     m2[c] = s.m2;
@@ -107,7 +137,9 @@ __global__ void __launch_bounds__(kBlockThreads)
   for (int64_t item = blockIdx.x; item < p.reduce_items; item += gridDim.x) {
     const int64_t tile = item_tile(p, item), split = item_split(p, item);
     const int64_t begin = piece_begin(p, split), end = piece_end(p, split);
-    acc_t ds = 0, db = 0;
+    // NB: per-thread sums in double: a thread adds up to piece_elems / 256 terms (thousands),
+    // which in fp32 would drift from the CPU's sums (added in double every kGradSumPiece values).
+    double ds = 0, db = 0;
     int64_t c = tile;
     if (p.channels_last) {
       c = tile * kChannelTile + threadIdx.x % kChannelTile;
@@ -115,8 +147,8 @@ __global__ void __launch_bounds__(kBlockThreads)
         const acc_t m = mean[c];
         for (int64_t r = begin + threadIdx.x / kChannelTile; r < end; r += kRowLanes) {
           const acc_t g = to_acc(dy[r * p.C + c]);
-          ds += g * (to_acc(x[r * p.C + c]) - m);
-          db += g;
+          ds += static_cast<double>(g * (to_acc(x[r * p.C + c]) - m));
+          db += static_cast<double>(g);
         }
       }
       shared[threadIdx.x] = Sums{ds, db};
@@ -126,8 +158,8 @@ __global__ void __launch_bounds__(kBlockThreads)
       for (int64_t i = begin + threadIdx.x; i < end; i += kBlockThreads) {
         const int64_t o = nchw_offset(p, c, i);
         const acc_t g = to_acc(dy[o]);
-        ds += g * (to_acc(x[o]) - m);
-        db += g;
+        ds += static_cast<double>(g * (to_acc(x[o]) - m));
+        db += static_cast<double>(g);
       }
       shared[threadIdx.x] = Sums{ds, db};
       tree_reduce(shared, kBlockThreads, 1, merge);
@@ -198,8 +230,8 @@ cudaError_t stats(const BatchNormPlan& p, const StatsArgs& args, cudaStream_t st
   stats_kernel<T><<<static_cast<unsigned>(p.reduce_grid), kBlockThreads, 0, stream>>>(
       p, static_cast<const T*>(args.x), args.partials);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
-  stats_finalize_kernel<<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(
-      p, args.partials, args.mean, args.m2);
+  stats_finalize_kernel<T><<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(
+      p, static_cast<const T*>(args.x), args.partials, args.mean, args.m2);
   return cudaGetLastError();
 }
 

@@ -488,8 +488,10 @@ template <typename T>
 struct ForwardApply {
   using scalar_t = T;
   using acc_t = acc_type<T>;
-  const T* __restrict__ x;
-  T* __restrict__ y;
+  // NB: not __restrict__: group_norm_inplace passes y == x (each element is read, then written,
+  // by the same thread).
+  const T* x;
+  T* y;
   const acc_t* __restrict__ coeffs;  // [mean | scale | bias], NC each
   int64_t NC;
   int act;  // fused activation (0: none)

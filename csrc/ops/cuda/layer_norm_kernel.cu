@@ -11,6 +11,7 @@
 // Deterministic without atomics: fixed per-thread element order, fixed shuffle trees, warps in
 // order, partials summed in order; the row splits depend on M alone.
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "common/welford.h"
@@ -181,7 +182,10 @@ __global__ void __launch_bounds__(kBlockThreads)
     double mean = 0, rstd;
     if (rms) {
       double ss = acc;
-      if (!isfinite(acc) || !(static_cast<double>(acc) >= 1e-30)) {
+      // The CPU's threshold (finalize_rms_norm): below it the squares may have underflowed.
+      constexpr double kUnderflow =
+          std::numeric_limits<A>::min() / std::numeric_limits<A>::epsilon();
+      if (!isfinite(acc) || !(static_cast<double>(acc) >= kUnderflow)) {
         // fp32 squares overflowed or underflowed: the exact sum in double
         double e = 0;
         for_row_values(src, head, D, vec, rank, kTeam, [&](A v) {
@@ -313,15 +317,17 @@ __global__ void __launch_bounds__(kBlockThreads)
     if (col >= t.col_end) {
       continue;
     }
-    A dg = 0, db = 0;
+    // NB: added in double: a split holds up to M / row_splits rows (thousands), one after the
+    // other, whose fp32 sum would drift (the CPU adds these sums in double too).
+    double dg = 0, db = 0;
     for (int64_t row = t.row_begin; row < t.row_end; ++row) {
       const A g = to_acc(dy[row * plan.D + col]);
       const A m = mean != nullptr ? mean[row] : A(0);
-      dg += g * (to_acc(x[row * plan.D + col]) - m) * rstd[row];
-      db += g;
+      dg += static_cast<double>(g * (to_acc(x[row * plan.D + col]) - m) * rstd[row]);
+      db += static_cast<double>(g);
     }
-    partials[t.split * plan.D + col] = dg;
-    partials[plan.partials + t.split * plan.D + col] = db;
+    partials[t.split * plan.D + col] = static_cast<A>(dg);
+    partials[plan.partials + t.split * plan.D + col] = static_cast<A>(db);
   }
 }
 
