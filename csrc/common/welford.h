@@ -71,6 +71,25 @@ NORMEXT_HOST_DEVICE bool welford_overflowed(WelfordStat<acc_t> s) {
   return !(std::isfinite(s.mean) && std::isfinite(s.m2));
 }
 
+// Mean and M2 in double of `count` values, at(i) (as double) for i in [0, count), by two passes:
+// every op's fallback for a group whose fp32 accumulation overflowed (|x| ~ 1e19 and above), so a
+// huge finite input still gets the right answer instead of a silently wrong one. inf / nan
+// propagate.
+template <typename At>
+NORMEXT_HOST_DEVICE WelfordStat<double> exact_stats_of(int64_t count, At at) {
+  double sum = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    sum += at(i);
+  }
+  const double mean = sum / static_cast<double>(count);
+  double m2 = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double d = at(i) - mean;
+    m2 += d * d;
+  }
+  return {mean, m2, count};
+}
+
 // Backward of y = (x - mean) * rstd * gamma + beta over one group of `count` elements:
 //   dx = rstd * gamma[c] * dy + xhat_coeff * xhat + bias,  xhat = (x - mean) * rstd,
 // from the per-group sums  sum_gamma_ds = sum_c gamma[c] * sum_hw dy * (x - mean)  and

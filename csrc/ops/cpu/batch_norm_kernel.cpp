@@ -84,25 +84,13 @@ std::vector<acc_t> padded(const acc_t* v, int64_t C) {
   return out;
 }
 
-// Exact statistics of channel c in double. Used only when the fp32 accumulation overflowed
-// (|x| ~ 1e20 and above), so a huge finite input still gets the right answer.
+// Exact statistics in double (exact_stats_of) of channel c.
 template <typename scalar_t>
 WelfordStat<double> exact_channel_stats(const BatchNormShape& s, const scalar_t* X, int64_t c) {
-  const int64_t count = s.N * s.HxW;
-  auto at = [&](int64_t i) {  // i-th element of channel c, in memory order
+  return exact_stats_of(s.N * s.HxW, [&](int64_t i) {  // i-th element of channel c, in memory order
     return static_cast<double>(s.channels_last ? X[i * s.C + c]
                                                : X[((i / s.HxW) * s.C + c) * s.HxW + i % s.HxW]);
-  };
-  double sum = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    sum += at(i);
-  }
-  const double mean = sum / static_cast<double>(count);
-  double m2 = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    m2 += (at(i) - mean) * (at(i) - mean);
-  }
-  return {mean, m2, count};
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -35,28 +35,13 @@ bool one_task_per_group(int64_t groups) {
   return groups % threads == 0 || groups >= 8 * threads;
 }
 
-// Exact statistics in double of `rows` runs of `width` values `row_stride` apart. Used only when
-// the fp32 accumulation overflowed (|x| ~ 1e20 and above), so a huge finite input still gets the
-// right answer instead of a silently wrong one.
+// Exact statistics in double (exact_stats_of) of `rows` runs of `width` values `row_stride` apart.
 template <typename scalar_t>
 WelfordStat<double> exact_stats(const scalar_t* x, int64_t rows, int64_t row_stride,
                                 int64_t width) {
-  double sum = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t w = 0; w < width; ++w) {
-      sum += static_cast<double>(x[r * row_stride + w]);
-    }
-  }
-  const int64_t count = rows * width;
-  const double mean = sum / static_cast<double>(count);
-  double m2 = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t w = 0; w < width; ++w) {
-      const double d = static_cast<double>(x[r * row_stride + w]) - mean;
-      m2 += d * d;
-    }
-  }
-  return {mean, m2, count};
+  return exact_stats_of(rows * width, [&](int64_t i) {
+    return static_cast<double>(x[(i / width) * row_stride + i % width]);
+  });
 }
 
 // Chunk statistics come out of the vector loops in acc_t and are merged in double: the merge runs

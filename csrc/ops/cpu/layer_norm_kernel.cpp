@@ -46,21 +46,10 @@ int64_t rows_per_block(int64_t M, int64_t D) {
   return std::max({int64_t{1}, kBlockElems / D, ceil_div(M, kMaxBlocks)});
 }
 
-// Exact statistics in double of n values; used only when the fp32 accumulation overflowed (|x| of
-// 1e19 and above), so a huge finite input still gets the right answer. inf / nan propagate.
+// Exact statistics in double (exact_stats_of) of n contiguous values.
 template <typename scalar_t>
 WelfordStat<double> exact_stats(const scalar_t* x, int64_t n) {
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    sum += static_cast<double>(x[i]);
-  }
-  const double mean = sum / static_cast<double>(n);
-  double m2 = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) - mean;
-    m2 += d * d;
-  }
-  return {mean, m2, n};
+  return exact_stats_of(n, [&](int64_t i) { return static_cast<double>(x[i]); });
 }
 
 template <typename scalar_t>

@@ -76,27 +76,14 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-// Exact statistics of channel c in double, two passes by one thread, as the CPU's
-// exact_channel_stats: for a channel whose fp32 accumulation overflowed (|x| ~ 1e19 and above),
-// so a huge finite input still gets the right answer. Rare, so one thread per such channel.
+// Exact statistics in double (exact_stats_of) of channel c, by one thread, as the CPU's
+// exact_channel_stats: only channels whose fp32 accumulation overflowed pay for it.
 template <typename T>
 __device__ WelfordStat<double> exact_channel_stats(const BatchNormPlan& p,
                                                    const T* __restrict__ x, int64_t c) {
-  const int64_t count = p.N * p.HxW;
-  auto at = [&](int64_t i) {
+  return exact_stats_of(p.N * p.HxW, [&](int64_t i) {
     return static_cast<double>(to_acc(x[p.channels_last ? i * p.C + c : nchw_offset(p, c, i)]));
-  };
-  double sum = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    sum += at(i);
-  }
-  const double mean = sum / static_cast<double>(count);
-  double m2 = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    const double d = at(i) - mean;
-    m2 += d * d;
-  }
-  return {mean, m2, count};
+  });
 }
 
 template <typename T>
