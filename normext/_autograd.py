@@ -84,7 +84,7 @@ def activation_grad(z, activation):
         z2 = z * z
         s = torch.sigmoid(2 * _SQRT_2_OVER_PI * (z + 0.044715 * z2 * z))
         return s + 2 * z * s * (1 - s) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z2)
-    return (z > 0).to(z.dtype)
+    return (~(z <= 0)).to(z.dtype)  # NaN passes the gradient, as in torch's relu backward
 
 
 def group_norm_backward_math(grad_y, input, mean, rstd, weight, num_groups, bias=None,

@@ -382,6 +382,11 @@ def instance_norm(
             torch.float32 if input.dtype in (torch.bfloat16, torch.float16) else input.dtype)
         return _batch_norm_forward(input, weight, bias, running_mean.to(stats_dtype),
                                    running_var.to(stats_dtype), False, momentum, eps)[0]
+    if eps == 0:
+        # ATen's batch_norm takes 1/std as 0 where var == eps == 0 (GroupNorm's would be inf):
+        # that corner is torch's own op.
+        return torch.nn.functional.instance_norm(input, running_mean, running_var, weight, bias,
+                                                 use_input_stats, momentum, eps)
     if input.numel() == 0:
         y = _batch_norm_forward(input, weight, bias, None, None, True, momentum, eps)[0]
         mean = var = None

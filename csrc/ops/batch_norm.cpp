@@ -375,19 +375,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
   if (output_mask[0]) {
     const at::Tensor w = weight.defined() ? per_channel(weight, input) : at::ones_like(invstd);
     const at::Tensor a = (invstd * w).contiguous();
-    at::Tensor b, k;
+    dX = at::empty_like(X, X.options(), format);
     if (train) {
       // group_backward_coeffs per channel: dx = a dy + b xhat + k, with
       // b = -a * mean(dy * xhat), k = -a * mean(dy).
       const double inv_count = 1.0 / static_cast<double>(shape.N * shape.HxW);
-      b = (-a * (sum_dy_xmu * invstd * inv_count)).contiguous();
-      k = (-a * (sum_dy * inv_count)).contiguous();
+      const at::Tensor b = (-a * (sum_dy_xmu * invstd * inv_count)).contiguous();
+      const at::Tensor k = (-a * (sum_dy * inv_count)).contiguous();
+      kernels.grad_input(shape, dY, X, a, mean, invstd, b, k, dX);
     } else {
-      b = at::zeros_like(a);
-      k = at::zeros_like(a);
+      // Evaluation: dx = a * dy, which does not read x (so an inf or nan in x stays out of dx,
+      // as in ATen): the apply kernel's (dy - 0) * a + 0.
+      const at::Tensor zeros = at::zeros_like(a);
+      kernels.apply(shape, dY, zeros, a, zeros, dX);
     }
-    dX = at::empty_like(X, X.options(), format);
-    kernels.grad_input(shape, dY, X, a, mean, invstd, b, k, dX);
   }
   return {masked(output_mask[0], dX, input.options()),
           masked(output_mask[1], output_mask[1] ? sum_dy_xmu * invstd : at::Tensor(), param_options),

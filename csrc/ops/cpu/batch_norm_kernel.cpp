@@ -104,19 +104,22 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
   const auto* x = reinterpret_cast<const T*>(X);
   const Tiling tiling(s);
   const int64_t C = s.C;
-  // partial[t]: (mean, M2) of task t, NCHW one pair per task, channels-last [mean C | M2 C].
-  const int64_t stride = s.channels_last ? 2 * C : 2;
-  std::vector<acc_t> partial(tiling.tasks * stride);
+  // partial_mean[t * stride + c], partial_m2[...]: mean and M2 of task t (NCHW one per task,
+  // channels-last one per channel).
+  const int64_t stride = s.channels_last ? C : 1;
+  std::vector<double> partial_mean(tiling.tasks * stride);
+  std::vector<acc_t> partial_m2(tiling.tasks * stride);
   at::parallel_for(0, tiling.tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(s.channels_last ? 3 * cpu::padded_channels(C) : 0);
     for (int64_t t = begin; t < end; ++t) {
-      acc_t* out = &partial[t * stride];
+      double* mean_out = &partial_mean[t * stride];
+      acc_t* m2_out = &partial_m2[t * stride];
       if (s.channels_last) {
-        k.chunk_stats_cl(x + tiling.offset(t), tiling.length(t), C, 1, scratch.data(), out,
-                         out + C);
+        k.chunk_stats_cl(x + tiling.offset(t), tiling.length(t), C, 1, scratch.data(), mean_out,
+                         m2_out);
       } else {
         k.planes_stats(x + tiling.offset(t), tiling.planes(t), tiling.length(t), tiling.stride,
-                       out, out + 1);
+                       mean_out, m2_out);
       }
     }
   });
@@ -134,8 +137,8 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
         for (int64_t g = 0; g < tiling.groups; ++g) {
           for (int64_t j = 0; j < tiling.per_plane; ++j) {
             const int64_t t = tiling.task(g, c, j);
-            stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(partial[2 * t]),
-                                                           static_cast<double>(partial[2 * t + 1]),
+            stat = welford_merge(stat, WelfordStat<double>{partial_mean[t],
+                                                           static_cast<double>(partial_m2[t]),
                                                            tiling.planes(t) * tiling.length(t)});
           }
         }
@@ -152,9 +155,9 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
   std::vector<double> sum(C, 0.0), sq(C, 0.0);
   for (int64_t t = 0; t < tiling.tasks; ++t) {
     const double n_t = static_cast<double>(tiling.length(t));
-    const acc_t* mean_t = &partial[t * stride];
+    const double* mean_t = &partial_mean[t * stride];
     for (int64_t c = 0; c < C; ++c) {
-      sum[c] += n_t * static_cast<double>(mean_t[c]);
+      sum[c] += n_t * mean_t[c];
     }
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -162,10 +165,10 @@ void stats_impl(const BatchNormShape& s, const scalar_t* X, double* mean, double
   }
   for (int64_t t = 0; t < tiling.tasks; ++t) {
     const double n_t = static_cast<double>(tiling.length(t));
-    const acc_t* mean_t = &partial[t * stride];
-    const acc_t* m2_t = mean_t + C;
+    const double* mean_t = &partial_mean[t * stride];
+    const acc_t* m2_t = &partial_m2[t * stride];
     for (int64_t c = 0; c < C; ++c) {
-      const double d = static_cast<double>(mean_t[c]) - sum[c];
+      const double d = mean_t[c] - sum[c];
       sq[c] += static_cast<double>(m2_t[c]) + n_t * d * d;
     }
   }
@@ -358,11 +361,11 @@ void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
       for (int64_t g = 0; g < tiling.groups; ++g) {
         for (int64_t j = 0; j < tiling.per_plane; ++j) {
           const int64_t t = tiling.task(g, c, j);
-          acc_t mean_t, m2_t;
+          double mean_t;
+          acc_t m2_t;
           k.planes_stats(x + tiling.offset(t), tiling.planes(t), tiling.length(t), tiling.stride,
                          &mean_t, &m2_t);
-          stat = welford_merge(stat, WelfordStat<double>{static_cast<double>(mean_t),
-                                                         static_cast<double>(m2_t),
+          stat = welford_merge(stat, WelfordStat<double>{mean_t, static_cast<double>(m2_t),
                                                          tiling.planes(t) * tiling.length(t)});
         }
       }

@@ -44,13 +44,10 @@ WelfordStat<double> exact_stats(const scalar_t* x, int64_t rows, int64_t row_str
   });
 }
 
-// Chunk statistics come out of the vector loops in acc_t and are merged in double: the merge runs
-// once per chunk, not per element, and keeps the group mean within half an ulp of fp32 even over
-// thousands of chunks (a merge in fp32 drifts by an ulp every few merges when the mean is large).
-template <typename acc_t>
-WelfordStat<double> widen(acc_t mean, acc_t m2, int64_t count) {
-  return {static_cast<double>(mean), static_cast<double>(m2), count};
-}
+// Chunk statistics come out of the vector loops as a double mean and an acc_t M2 and are merged
+// in double: the merge runs once per chunk, not per element, and keeps the group statistics as
+// accurate over thousands of chunks as over one (a merge in fp32, or of fp32-rounded chunk
+// means, drifts when the mean is large).
 
 template <typename scalar_t, typename acc_t>
 void finalize_group(WelfordStat<double> stat, double eps, const scalar_t* group, int64_t rows,
@@ -112,9 +109,10 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
     if (r != nullptr) {
       k.add_values(x_in + offset, r + offset, sum + offset, n);
     }
-    acc_t mean_j, m2_j;
+    double mean_j;
+    acc_t m2_j;
     k.chunk_stats(x + offset, n, &mean_j, &m2_j);
-    return widen(mean_j, m2_j, n);
+    return WelfordStat<double>{mean_j, static_cast<double>(m2_j), n};
   };
   auto finalize = [&](int64_t group, WelfordStat<double> stat) {
     finalize_group(stat, eps, X + group * L, 1, L, L, mean + group, rstd + group);
@@ -256,8 +254,9 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
   const int64_t tasks = s.N * nchunk;
   auto rows_of = [&](int64_t j) { return std::min(R, s.HxW - j * R); };
 
-  // 1. per chunk and group: mean and M2, laid out [task][mean G | m2 G]
-  std::vector<acc_t> partial(tasks * 2 * G);
+  // 1. per chunk and group: mean and M2, laid out [task][G]
+  std::vector<double> partial_mean(tasks * G);
+  std::vector<acc_t> partial_m2(tasks * G);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(3 * Cp);
     for (int64_t t = begin; t < end; ++t) {
@@ -267,7 +266,7 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
         k.add_values(x_in + offset, r + offset, sum + offset, rows_of(j) * C);
       }
       k.chunk_stats_cl(x + (n * s.HxW + j * R) * C, rows_of(j), C, D, scratch.data(),
-                       &partial[t * 2 * G], &partial[t * 2 * G + G]);
+                       &partial_mean[t * G], &partial_m2[t * G]);
     }
   });
   // 2. merge the chunks of each group in order
@@ -276,8 +275,10 @@ void forward_channels_last(const GroupNormShape& s, const scalar_t* X_in, scalar
       const int64_t n = ng / G, g = ng % G;
       WelfordStat<double> stat{0, 0, 0};
       for (int64_t j = 0; j < nchunk; ++j) {
-        const acc_t* part = &partial[(n * nchunk + j) * 2 * G];
-        stat = welford_merge(stat, widen(part[g], part[G + g], rows_of(j) * D));
+        const int64_t part = (n * nchunk + j) * G + g;
+        stat = welford_merge(stat, WelfordStat<double>{partial_mean[part],
+                                                       static_cast<double>(partial_m2[part]),
+                                                       rows_of(j) * D});
       }
       finalize_group(stat, eps, X + n * s.HxW * C + g * D, s.HxW, C, D, mean + ng, rstd + ng);
     }

@@ -130,9 +130,10 @@ void forward_impl(const RowNormShape& s, const scalar_t* X, const scalar_t* R, s
     if (rms) {
       return {0.0, static_cast<double>(k.sum_squares(src, n)), n};
     }
-    acc_t m, m2;
+    double m;
+    acc_t m2;
     k.chunk_stats(src, n, &m, &m2);
-    return {static_cast<double>(m), static_cast<double>(m2), n};
+    return {m, static_cast<double>(m2), n};
   };
   auto merge = [&](WelfordStat<double> a, WelfordStat<double> b) -> WelfordStat<double> {
     if (rms) {

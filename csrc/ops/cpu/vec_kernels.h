@@ -44,15 +44,18 @@ constexpr int64_t kMaxGradRows = 4;
 template <typename T>
 struct VecKernels {
   using acc_t = acc_type<T>;
-  // Mean and M2 of n <= kMaxChunkElems contiguous values (two passes over data in L1).
-  void (*chunk_stats)(const T* x, int64_t n, acc_t* mean, acc_t* m2);
+  // Mean and M2 of n <= kMaxChunkElems contiguous values (two passes over data in L1). NB: the
+  // mean in double: the first pass's acc_t mean plus the second's correction, unrounded, since a
+  // mean rounded to fp32 (an ulp of 0.06 at 1e6) puts its error squared into every Chan merge of
+  // the chunks (M2 off by 1e-4 at 1e6 + randn over 64 chunks).
+  void (*chunk_stats)(const T* x, int64_t n, double* mean, acc_t* m2);
   // y = (x - mean) * scale + bias over n contiguous values.
   void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias,
                     const T* prefetch);
   // Per-group mean and M2 (G = C / D groups of D adjacent channels) of a rows x C block;
   // scratch holds 3 * padded_channels(C) accumulators.
   void (*chunk_stats_cl)(const T* x, int64_t rows, int64_t C, int64_t D, acc_t* scratch,
-                         acc_t* mean_g, acc_t* m2_g);
+                         double* mean_g, acc_t* m2_g);
   // y[r, c] = (x[r, c] - mean_c[c]) * scale_c[c] + bias_c[c]. Per-channel arrays are padded.
   void (*normalize_cl)(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
                        const acc_t* scale_c, const acc_t* bias_c);
@@ -74,7 +77,7 @@ struct VecKernels {
   // planes (7x7, 14x14) cost one call, one set of lane reductions and one merge per chunk rather
   // than per plane.
   // Mean and M2 of the runs (planes * len <= kMaxChunkElems).
-  void (*planes_stats)(const T* x, int64_t planes, int64_t len, int64_t stride, acc_t* mean,
+  void (*planes_stats)(const T* x, int64_t planes, int64_t len, int64_t stride, double* mean,
                        acc_t* m2);
   // normalize over the runs.
   void (*normalize_planes)(const T* x, T* y, int64_t planes, int64_t len, int64_t stride,

@@ -435,10 +435,12 @@ acc_type<T> sum_values(const T* x, int64_t n, acc_type<T>* widened) {
 
 // Second pass over n values already in L1: squared deviations from `mean`, plus their plain sum r,
 // which corrects the rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub
-// and LeVeque): mean += r / n, M2 -= r^2 / n. `ahead` is where the caller reads next: it is
-// prefetched meanwhile (prefetches never fault), since this pass leaves memory idle otherwise.
+// and LeVeque): mean += r / n (in double, see VecKernels::chunk_stats), M2 -= r^2 / n. `ahead`
+// is where the caller reads next: it is prefetched meanwhile (prefetches never fault), since
+// this pass leaves memory idle otherwise.
 template <int kAheadBytesPerStep, typename A>
-void centered_stats(const A* x, int64_t n, A mean, const char* ahead, A* mean_out, A* m2_out) {
+void centered_stats(const A* x, int64_t n, A mean, const char* ahead, double* mean_out,
+                    A* m2_out) {
   constexpr int L = Vec<A>::size;
   using V = typename Vec<A>::type;
   const V vmean = V{} + mean;
@@ -472,13 +474,13 @@ void centered_stats(const A* x, int64_t n, A mean, const char* ahead, A* mean_ou
     r1 += d;
   }
   const A residual = reduce_lanes(r0 + r1);
-  *mean_out = mean + residual / static_cast<A>(n);
+  *mean_out = static_cast<double>(mean) + static_cast<double>(residual) / static_cast<double>(n);
   *m2_out = reduce_lanes((q0 + q1) + (q2 + q3)) - residual * residual / static_cast<A>(n);
 }
 
 // Mean and M2 of n <= kMaxChunkElems contiguous values: two passes over a chunk that sits in L1.
 template <typename T>
-void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_out) {
+void chunk_stats(const T* x, int64_t n, double* mean_out, acc_type<T>* m2_out) {
   using acc_t = acc_type<T>;
   // NB: prefetching never faults, so reading past the end of the tensor here is harmless.
   const char* ahead = reinterpret_cast<const char*>(x + n);  // the next chunk of a group
@@ -497,7 +499,7 @@ void chunk_stats(const T* x, int64_t n, acc_type<T>* mean_out, acc_type<T>* m2_o
 // kMaxChunkElems), as one chunk: the first pass sums the runs and gathers them (widened) into an
 // L1 buffer, the second is chunk_stats' over the buffer.
 template <typename T>
-void planes_stats(const T* x, int64_t planes, int64_t len, int64_t stride, acc_type<T>* mean_out,
+void planes_stats(const T* x, int64_t planes, int64_t len, int64_t stride, double* mean_out,
                   acc_type<T>* m2_out) {
   using A = acc_type<T>;
   if (planes == 1) {
@@ -751,7 +753,7 @@ NORMEXT_VEC_INLINE void store_acc(A* p, typename Vec<A>::type v, int64_t c) {
 
 template <typename T>
 void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>* scratch,
-                    acc_type<T>* mean_g, acc_type<T>* m2_g) {
+                    double* mean_g, acc_type<T>* m2_g) {
   using acc_t = acc_type<T>;
   const int64_t Cp = padded_channels(C);
   acc_t* col = scratch;                 // per-channel sums, then sums of squared deviations
@@ -781,12 +783,11 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
   // end run on whole vectors of channels: the same divisions, so the same results, for a fraction
   // of the scalar loop's time (which, one division per channel, cost as much as the 64 rows of a
   // C = 1024 chunk).
+  // The first pass's group means, broadcast to their channels in mean_c.
   int64_t g = 0;
   if (D == 1) {
     for (; g + kLanes<T> <= G; g += kLanes<T>) {
-      const vacc<T> m = load_acc(col, g) / count;
-      store_acc(mean_g, m, g);
-      store_acc(mean_c, m, g);
+      store_acc(mean_c, load_acc(col, g) / count, g);
     }
   }
   for (; g < G; ++g) {
@@ -794,9 +795,8 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
     for (int64_t d = 0; d < D; ++d) {
       sum += col[g * D + d];
     }
-    mean_g[g] = sum / count;
     for (int64_t d = 0; d < D; ++d) {
-      mean_c[g * D + d] = mean_g[g];
+      mean_c[g * D + d] = sum / count;
     }
   }
   for (int64_t c = C; c < Cp; ++c) {
@@ -832,12 +832,17 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
       store_acc(col_residual, load_acc(col_residual, c) + d, c);
     });
   }
+  // The corrected means in double (see VecKernels::chunk_stats); with D == 1 the M2 on whole
+  // vectors, and the means after them, lane by lane (the compiler vectorizes the widening).
   g = 0;
   if (D == 1) {
     for (; g + kLanes<T> <= G; g += kLanes<T>) {
       const vacc<T> res = load_acc(col_residual, g);
-      store_acc(mean_g, load_acc(mean_g, g) + res / count, g);
       store_acc(m2_g, load_acc(col, g) - res * res / count, g);
+      store_acc(col_residual, res / count, g);
+    }
+    for (int64_t i = 0; i < g; ++i) {
+      mean_g[i] = static_cast<double>(mean_c[i]) + static_cast<double>(col_residual[i]);
     }
   }
   for (; g < G; ++g) {
@@ -846,7 +851,7 @@ void chunk_stats_cl(const T* x, int64_t rows, int64_t C, int64_t D, acc_type<T>*
       q += col[g * D + d];
       res += col_residual[g * D + d];
     }
-    mean_g[g] += res / count;
+    mean_g[g] = static_cast<double>(mean_c[g * D]) + static_cast<double>(res / count);
     m2_g[g] = q - res * res / count;
   }
 }
@@ -1430,9 +1435,10 @@ struct Activation<kGeluTanh> {
 template <>
 struct Activation<kRelu> {
   static vfloat apply(vfloat z) { return z > 0.0f ? z : (z != z ? z : vfloat{}); }
-  static vfloat grad(vfloat z) { return z > 0.0f ? vfloat{} + 1.0f : vfloat{}; }
+  // NB: 1 unless z <= 0, so a NaN z passes the gradient, as torch's relu backward does.
+  static vfloat grad(vfloat z) { return z <= 0.0f ? vfloat{} : vfloat{} + 1.0f; }
   static double apply(double z) { return z > 0.0 ? z : (z != z ? z : 0.0); }
-  static double grad(double z) { return z > 0.0 ? 1.0 : 0.0; }
+  static double grad(double z) { return z <= 0.0 ? 0.0 : 1.0; }
 };
 
 // fp64 lanes take the double overloads lane by lane (libm), fp32 lanes the vector ones.

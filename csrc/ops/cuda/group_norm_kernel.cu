@@ -474,7 +474,7 @@ __device__ __forceinline__ acc_t activation_grad(acc_t z, int act) {
                      (acc_t(1) + acc_t(3 * 0.044715) * z * z);
     }
     case 4:
-      return z > acc_t(0) ? acc_t(1) : acc_t(0);
+      return z <= acc_t(0) ? acc_t(0) : acc_t(1);  // NaN passes, as in torch's relu backward
     default:
       return acc_t(1);
   }
