@@ -106,65 +106,59 @@ at::Tensor invstd_of_var(const at::Tensor& var, double eps) {
   return (var + eps).rsqrt();
 }
 
+// y = (x - mean) * scale + shift per channel, in the input's layout.
+at::Tensor apply_coeffs(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& scale,
+                        const at::Tensor& shift, const BatchNormKernels& kernels) {
+  const BatchNormShape shape = shape_of(input);
+  const at::MemoryFormat format = memory_format_of(input);
+  const at::Tensor X = input.contiguous(format);
+  at::Tensor Y = at::empty_like(X, X.options(), format);
+  if (X.numel() > 0) {
+    kernels.apply(shape, X, mean, scale, shift, Y);
+  }
+  return Y;
+}
+
 // y = (x - mean) * invstd * weight + bias with the coefficients folded per channel.
 at::Tensor apply(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                  const at::Tensor& mean, const at::Tensor& invstd,
                  const BatchNormKernels& kernels) {
-  const BatchNormShape shape = shape_of(input);
-  const at::MemoryFormat format = memory_format_of(input);
-  const at::Tensor X = input.contiguous(format);
-  at::Tensor Y = at::empty_like(X, X.options(), format);
-  if (X.numel() == 0) {
-    return Y;
-  }
   const at::Tensor scale =
       weight.defined() ? (invstd * per_channel(weight, input)).contiguous() : invstd;
   const at::Tensor shift =
       bias.defined() ? per_channel(bias, input) : at::zeros_like(invstd);
-  kernels.apply(shape, X, mean, scale, shift, Y);
-  return Y;
+  return apply_coeffs(input, mean, scale, shift, kernels);
 }
 
 // Evaluation mode: y = (x - running_mean) * rsqrt(running_var + eps) * weight + bias. On the CPU
 // the per-channel mean, scale and shift come from one loop over C (op by op they cost ~10 us, as
-// much as normalizing a 512x7x7 feature map); values as the ops compute them: float32 rsqrt of
-// float32 var + eps, times the weight.
+// much as normalizing a 512x7x7 feature map), with the values the ops compute: the rsqrt of
+// var + eps in the accumulation dtype, times the weight.
 at::Tensor apply_running(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                          const at::Tensor& running_mean, const at::Tensor& running_var,
                          double eps, const BatchNormKernels& kernels) {
+  const at::Tensor mean = per_channel(running_mean, input);
+  const at::Tensor var = per_channel(running_var, input);
   if (!input.is_cpu()) {
-    const at::Tensor mean = per_channel(running_mean, input);
-    const at::Tensor invstd = invstd_of_var(per_channel(running_var, input), eps);
-    return apply(input, weight, bias, mean, invstd, kernels);
+    return apply(input, weight, bias, mean, invstd_of_var(var, eps), kernels);
   }
-  const BatchNormShape shape = shape_of(input);
-  const at::MemoryFormat format = memory_format_of(input);
-  const at::Tensor X = input.contiguous(format);
-  at::Tensor Y = at::empty_like(X, X.options(), format);
-  const int64_t C = shape.C;
-  at::Tensor coeffs = at::empty({3, C}, input.options().dtype(acc_dtype_of(input)));
-  const at::Tensor mean_in = per_channel(running_mean, input);
-  const at::Tensor var_in = per_channel(running_var, input);
+  const int64_t C = mean.numel();
+  at::Tensor coeffs = at::empty({2, C}, mean.options());  // [scale | shift]
   const at::Tensor weight_in = weight.defined() ? per_channel(weight, input) : at::Tensor();
   const at::Tensor bias_in = bias.defined() ? per_channel(bias, input) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(coeffs.scalar_type(), "batch_norm_eval_coefficients", [&] {
-    const scalar_t* m = mean_in.const_data_ptr<scalar_t>();
-    const scalar_t* v = var_in.const_data_ptr<scalar_t>();
+    const scalar_t* v = var.const_data_ptr<scalar_t>();
     const scalar_t* w = weight_in.defined() ? weight_in.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* b = bias_in.defined() ? bias_in.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* out = coeffs.mutable_data_ptr<scalar_t>();
     const scalar_t eps_t = static_cast<scalar_t>(eps);
     for (int64_t c = 0; c < C; ++c) {
       const scalar_t invstd = scalar_t(1) / std::sqrt(v[c] + eps_t);
-      out[c] = m[c];
-      out[C + c] = w != nullptr ? invstd * w[c] : invstd;
-      out[2 * C + c] = b != nullptr ? b[c] : scalar_t(0);
+      out[c] = w != nullptr ? invstd * w[c] : invstd;
+      out[C + c] = b != nullptr ? b[c] : scalar_t(0);
     }
   });
-  if (X.numel() > 0) {
-    kernels.apply(shape, X, coeffs[0], coeffs[1], coeffs[2], Y);
-  }
-  return Y;
+  return apply_coeffs(input, mean, coeffs[0], coeffs[1], kernels);
 }
 
 // running * (1 - momentum) + batch / divisor * momentum, computed in float64 and rounded to the
@@ -375,19 +369,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
   if (output_mask[0]) {
     const at::Tensor w = weight.defined() ? per_channel(weight, input) : at::ones_like(invstd);
     const at::Tensor a = (invstd * w).contiguous();
-    dX = at::empty_like(X, X.options(), format);
     if (train) {
       // group_backward_coeffs per channel: dx = a dy + b xhat + k, with
       // b = -a * mean(dy * xhat), k = -a * mean(dy).
       const double inv_count = 1.0 / static_cast<double>(shape.N * shape.HxW);
       const at::Tensor b = (-a * (sum_dy_xmu * invstd * inv_count)).contiguous();
       const at::Tensor k = (-a * (sum_dy * inv_count)).contiguous();
+      dX = at::empty_like(X, X.options(), format);
       kernels.grad_input(shape, dY, X, a, mean, invstd, b, k, dX);
     } else {
       // Evaluation: dx = a * dy, which does not read x (so an inf or nan in x stays out of dx,
-      // as in ATen): the apply kernel's (dy - 0) * a + 0.
+      // as in ATen): the apply kernel's (dy - 0) * a + 0, in the input's layout (dY's).
       const at::Tensor zeros = at::zeros_like(a);
-      kernels.apply(shape, dY, zeros, a, zeros, dX);
+      dX = apply_coeffs(dY, zeros, a, zeros, kernels);
     }
   }
   return {masked(output_mask[0], dX, input.options()),
