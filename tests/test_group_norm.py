@@ -777,10 +777,12 @@ ERROR_CASE_NAMES = list(_err_cases("cpu").keys())
 
 
 # Torch releases before 2.14 differ from 2.14 (the semantics normext follows) on these: 2.13 names
-# the bias shape [0] instead of the bias's shape and accepts zero-size spatial dims.
+# the bias shape [0] instead of the bias's shape, accepts zero-size spatial dims and zero channels,
+# and checks num_groups before the channels.
 _TORCH_BEFORE_2_14 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14)
 _CHANGED_IN_2_14 = {"bias_wrong_size", "bias_wrong_size_with_weight", "zero_spatial",
-                    "zero_spatial_3d", "zero_spatial_empty_batch", "zero_spatial_empty_batch_4d"}
+                    "zero_spatial_3d", "zero_spatial_empty_batch", "zero_spatial_empty_batch_4d",
+                    "zero_channels", "zero_channels_negative_groups"}
 
 
 @pytest.mark.parametrize("case", ERROR_CASE_NAMES)
