@@ -162,7 +162,7 @@ void check_channels_last_plan(const GroupNormPlan& plan, const char* what) {
   EXPECT(grid_ok(p.grid), "%s: cl grid", what);
   EXPECT((p.splits - 1) * p.rows_per_split < p.HxW && p.HxW <= p.splits * p.rows_per_split,
          "%s: cl rows split", what);
-  EXPECT(p.splits == 1 || p.rows_per_split >= kMinChannelsLastRows, "%s: cl split too small",
+  EXPECT(p.splits == 1 || p.rows_per_split >= channels_last_min_rows(p.C), "%s: cl split too small",
          what);
   EXPECT(p.partials == p.N * p.splits * p.C && p.stat_partials == p.N * p.splits * p.G,
          "%s: cl partials", what);

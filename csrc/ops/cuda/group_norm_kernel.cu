@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(kBlockThreads)
                                    const acc_type<T>* __restrict__ mean, ChannelsLastReducePlan plan,
                                    int64_t G, int64_t D, acc_type<T>* __restrict__ partials) {
   using acc_t = acc_type<T>;
-  __shared__ acc_t smem[kBlockWarps][2 * kWarpSize];
+  __shared__ double smem[kBlockWarps][2 * kWarpSize];
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
   for (int64_t b = blockIdx.x; b < plan.blocks; b += gridDim.x) {
@@ -285,14 +285,16 @@ __global__ void __launch_bounds__(kBlockThreads)
     const int64_t offset = r.segment * plan.HxW * plan.C;
     for (int64_t c0 = 0; c0 < plan.C; c0 += kWarpSize) {
       const int64_t c = c0 + lane;
-      acc_t ds = 0, db = 0;
+      // NB: added in double: a lane sums one channel over (end - begin) / 8 positions one after
+      // the other (thousands at batch 1), whose fp32 sum drifts (db off by 5x torch's error).
+      double ds = 0, db = 0;
       if (c < plan.C) {
         const acc_t m = mean[r.segment * G + c / D];
         for (int64_t row = r.begin + warp; row < r.end; row += kBlockWarps) {
           const int64_t i = offset + row * plan.C + c;
           const acc_t g = to_acc(dy[i]);
-          ds += g * (to_acc(x[i]) - m);
-          db += g;
+          ds += static_cast<double>(g * (to_acc(x[i]) - m));
+          db += static_cast<double>(g);
         }
       }
       smem[warp][2 * lane] = ds;
@@ -304,8 +306,8 @@ __global__ void __launch_bounds__(kBlockThreads)
           db += smem[w][2 * lane + 1];
         }
         const int64_t p = channels_last_partial_index(plan, r.segment, split, c);
-        partials[2 * p] = ds;
-        partials[2 * p + 1] = db;
+        partials[2 * p] = static_cast<acc_t>(ds);
+        partials[2 * p + 1] = static_cast<acc_t>(db);
       }
       __syncthreads();
     }

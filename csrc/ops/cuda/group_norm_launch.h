@@ -44,9 +44,11 @@ constexpr int64_t kThreadReduceMaxElems = 16;
 constexpr int64_t kMinSplitElems = 16384;
 // Split lengths are multiples of this, so pieces of a 16-byte aligned group start 16-byte aligned.
 constexpr int64_t kSplitAlign = 64;
-// Channels-last reductions give a block at least this many positions (all channels of each), so the
-// per-(n, split, c) partials stay a few percent of the input.
-constexpr int64_t kMinChannelsLastRows = 256;
+// Channels-last reductions give a block at least kMinSplitElems elements (all channels of at least
+// this many positions, one per warp), and never more than 256 positions' worth of minimum: with
+// C = 1280 and 16x16 positions a block takes 13 positions, so a batch of 2 fills 38 blocks, not 2.
+constexpr int64_t kMinChannelsLastRows = 8;
+constexpr int64_t kMaxChannelsLastMinRows = 256;
 // The forward finalize merges a group's partials with one thread when there are at most this many
 // (tiny groups, N * G in the millions: a warp each would mostly idle), else with a warp.
 constexpr int64_t kThreadFinalizeMaxItems = 16;
@@ -139,6 +141,12 @@ struct ChannelsLastReducePlan {
   int64_t grid;
 };
 
+// The fewest positions a channels-last block reduces (see kMinChannelsLastRows).
+NORMEXT_HOST_DEVICE int64_t channels_last_min_rows(int64_t C) {
+  const int64_t rows = ceil_div(kMinSplitElems, C);
+  return clamp64(rows, kMinChannelsLastRows, kMaxChannelsLastMinRows);
+}
+
 NORMEXT_HOST_DEVICE ChannelsLastReducePlan make_channels_last_reduce_plan(int64_t N, int64_t HxW,
                                                                         int64_t C, int64_t G,
                                                                         int64_t target_blocks) {
@@ -147,7 +155,8 @@ NORMEXT_HOST_DEVICE ChannelsLastReducePlan make_channels_last_reduce_plan(int64_
   p.HxW = HxW;
   p.C = C;
   p.G = G;
-  const int64_t max_splits = HxW / kMinChannelsLastRows > 1 ? HxW / kMinChannelsLastRows : 1;
+  const int64_t min_rows = channels_last_min_rows(C);
+  const int64_t max_splits = HxW / min_rows > 1 ? HxW / min_rows : 1;
   const int64_t splits = clamp64(ceil_div(target_blocks, N), 1, max_splits);
   p.rows_per_split = ceil_div(HxW, splits);
   p.splits = ceil_div(HxW, p.rows_per_split);

@@ -6,7 +6,7 @@
 //           squares, then y = (x - mean) * rstd * gamma + beta. The row's later passes hit L1/L2.
 //           With a residual, the first pass writes summed = x + r and later passes read it back.
 // Backward: dx: the same team per row, sums ds = sum g*dy*(x - mean), db = sum g*dy, then
-//           dx = rstd * g * dy + b * xhat + c (common/welford.h's group_backward_coeffs).
+//           dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy * xhat)).
 //           dgamma / dbeta: per (row split, column) partials, then an in-order sum per column.
 // Deterministic without atomics: fixed per-thread element order, fixed shuffle trees, warps in
 // order, partials summed in order; the row splits depend on M alone.
@@ -248,6 +248,15 @@ __global__ void __launch_bounds__(kBlockThreads)
 // ---------------------------------------------------------------------------------------------
 // Backward
 
+// A rounded product the compiler may not fuse into a later add: gamma * dy must be the same value
+// in the sums and in dx, or gg - mean(gg) (an fma of the exact product) misses its cancellation.
+__device__ __forceinline__ float mul_rn(float a, float b) {
+  return __fmul_rn(a, b);
+}
+__device__ __forceinline__ double mul_rn(double a, double b) {
+  return __dmul_rn(a, b);
+}
+
 template <typename T, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     grad_input_kernel(const RowNormPlan plan, const T* __restrict__ dy, const T* __restrict__ x,
@@ -277,17 +286,19 @@ __global__ void __launch_bounds__(kBlockThreads)
       load_acc<W>(xr, i, v);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
-        const A gg = g[k] * param_or(gamma, i + k, A(1));
+        const A gg = mul_rn(g[k], param_or(gamma, i + k, A(1)));
         ds += gg * (v[k] - m);
         db += gg;
       }
     });
     ds = team_sum<kTeam>(ds, shared);
     db = team_sum<kTeam>(db, shared);
-    GroupBackwardCoeffs<A> q = group_backward_coeffs(ds, db, rs, D);
-    if (mean == nullptr) {
-      q.bias = 0;
-    }
+    // dx = rstd * (gg - mean(gg) - xhat * mean(gg * xhat)), gg = gamma * dy (RMSNorm: no mean(gg)
+    // term). NB: gg - mean(gg) in this order cancels exactly where it should (D = 1: dx = 0, as
+    // torch's), where a folded a * dy + b * xhat + c leaves the rounding of two products.
+    const A inv_d = A(1) / static_cast<A>(D);
+    const A mean_gg_xhat = ds * rs * inv_d;
+    const A mean_gg = mean != nullptr ? db * inv_d : A(0);
     for_row<T>(head, D, vec, rank, kTeam, [&](int64_t i, auto w) {
       constexpr int W = decltype(w)::value;
       A g[W], v[W];
@@ -296,7 +307,8 @@ __global__ void __launch_bounds__(kBlockThreads)
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         const A xhat = (v[k] - m) * rs;
-        v[k] = rs * param_or(gamma, i + k, A(1)) * g[k] + q.xhat_coeff * xhat + q.bias;
+        const A gg = mul_rn(g[k], param_or(gamma, i + k, A(1)));
+        v[k] = rs * (gg - mean_gg - xhat * mean_gg_xhat);
       }
       store_acc<W>(dxr, i, v);
     });
