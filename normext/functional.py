@@ -82,6 +82,12 @@ def _under_cuda_autocast(*tensors):
     )
 
 
+# Whether torch's CUDA autocast casts rms_norm to float32 (torch 2.14 does; 2.11 lets it run in
+# the input's dtype): asked of the dispatcher, so normext follows the installed torch.
+_RMS_NORM_AUTOCASTS = torch._C._dispatch_has_kernel_for_dispatch_key("aten::rms_norm",
+                                                                      "AutocastCUDA")
+
+
 def _check_inplace_allowed(*tensors) -> None:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
@@ -208,7 +214,8 @@ def rms_norm(
     shape = _normalized_shape(normalized_shape, "rms_norm", 2)
     if eps is not None:
         _check_scalar("rms_norm", "eps", 4, eps, "float")
-    input, weight = _under_cuda_autocast(input, weight)
+    if _RMS_NORM_AUTOCASTS:
+        input, weight = _under_cuda_autocast(input, weight)
     if input.is_complex() or _reference.needed():
         # torch's rms_norm also takes complex input; normext's kernels are real, so torch's own
         # composite serves it (and the torch.func transforms, see _reference).

@@ -1,8 +1,13 @@
 """Drop-in torch.nn modules backed by normext kernels."""
+import inspect
+
 import torch
 from torch import Tensor, nn
 
 from normext import functional as F
+
+
+_GROUP_NORM_HAS_BIAS = "bias" in inspect.signature(nn.GroupNorm.__init__).parameters
 
 
 class GroupNorm(nn.GroupNorm):
@@ -21,7 +26,14 @@ class GroupNorm(nn.GroupNorm):
                  device=None, dtype=None, *, bias: bool = True, activation=None,
                  inplace: bool = False) -> None:
         F.activation_code(activation)  # ValueError for an unknown name
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        if _GROUP_NORM_HAS_BIAS:
+            super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        else:
+            # torch before 2.14 has no `bias` argument: build without it and drop the bias as
+            # 2.14 does (a None parameter, so state_dict and repr match a 2.14 module's).
+            super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+            if not bias and affine:
+                self.register_parameter("bias", None)
         if activation is not None:
             self.activation = activation
         if inplace:

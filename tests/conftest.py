@@ -16,6 +16,38 @@ import normext  # noqa: F401  (loads the compiled library and registers the ops)
 
 devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# The tests compare models' outputs with torch's; on CUDA, TF32 convolutions and matmuls (cuDNN's
+# default) put ~1e-3 relative noise downstream of the norms that no norm tolerance can absorb.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+# (major, minor) of the installed torch: some of torch's behaviour that normext follows (2.14's)
+# differs in older releases.
+TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def on_cpu(value):
+    """A CUDA tensor's CPU copy (differentiable), anything else unchanged."""
+    return value.cpu() if isinstance(value, torch.Tensor) and value.is_cuda else value
+
+
+def with_cpu_semantics(fn, *args, **kwargs):
+    """torch's ``fn`` run on CPU copies of its CUDA arguments, the result moved back.
+
+    normext's CUDA kernels follow torch's CPU semantics where torch's own CUDA kernels differ:
+    half/bf16 input with float32 GroupNorm/LayerNorm parameters is accepted (torch CUDA raises
+    "expected scalar type"), a channels-last GroupNorm input keeps its memory format (torch CUDA
+    returns a contiguous output), and dtype errors carry the CPU messages. Autograd flows through
+    the copies, so gradients land on the CUDA leaves.
+    """
+    device = next((a.device for a in args if isinstance(a, torch.Tensor) and a.is_cuda), None)
+    if device is None:
+        return fn(*args, **kwargs)
+    out = fn(*[on_cpu(a) for a in args], **{k: on_cpu(v) for k, v in kwargs.items()})
+    if isinstance(out, tuple):
+        return tuple(o.to(device) for o in out)
+    return out.to(device)
+
 # Every dtype the kernels take, and the reduced-precision ones among them.
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LOW_PRECISION = (torch.bfloat16, torch.float16)

@@ -1,6 +1,7 @@
 """Tests of normext.convert(): swaps every torch.nn.GroupNorm for normext.GroupNorm in place."""
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -22,13 +23,23 @@ def randomize_norm_params(model, seed=0):
     return model
 
 
+def _group_norm_without_bias(num_groups, num_channels):
+    """nn.GroupNorm(..., bias=False); torch before 2.14 has no such argument: drop the bias as it
+    does."""
+    if "bias" in inspect.signature(nn.GroupNorm.__init__).parameters:
+        return nn.GroupNorm(num_groups, num_channels, bias=False)
+    gn = nn.GroupNorm(num_groups, num_channels)
+    gn.register_parameter("bias", None)
+    return gn
+
+
 class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU())
         self.body = nn.Sequential(
             nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.GroupNorm(8, 24, affine=False), nn.SiLU()),
-            nn.ModuleList([nn.Conv2d(24, 24, 1), nn.GroupNorm(3, 24, bias=False)]),
+            nn.ModuleList([nn.Conv2d(24, 24, 1), _group_norm_without_bias(3, 24)]),
             nn.ModuleDict({"conv": nn.Conv2d(24, 12, 3, padding=1), "norm": nn.GroupNorm(1, 12, eps=1e-3)}),
         )
         self.gn_root = nn.GroupNorm(12, 12)

@@ -87,9 +87,12 @@ def test_low_precision_input_float32_params(device, act, dtype):
     ref = _fwd_bwd(torch_fused, x, g, w, b, act, go, cast=torch.float64)
     ours = _fwd_bwd(ours_fused, x, g, w, b, act, go)
     assert ours[0].dtype == dtype and ours[2].dtype == ours[3].dtype == torch.float32
-    # fp32 math, one rounding at the end
+    # CPU: fp32 math, one rounding at the end. CUDA: the backward's first pass writes the
+    # activation's gradient dy * act'(z) in the input's dtype (as torch's unfused activation
+    # backward does) before the GroupNorm backward sums it: dweight / dbias carry that rounding.
+    param_tol = 1e-5 * 2 ** 10 if device == "cpu" else 2.0
     for name, o, r, tol in zip(("y", "dx", "dw", "db"), ours, ref,
-                               (1, 2, 1e-5 * 2 ** 10, 1e-5 * 2 ** 10)):
+                               (1, 2, param_tol, param_tol)):
         err = (o.double() - r).abs().max().item()
         assert err <= tol * torch.finfo(dtype).eps * max(1.0, r.abs().max().item()), (name, err)
 
