@@ -96,11 +96,83 @@ void grad_input_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Training forward in three launches (statistics, per-channel finalize, apply): composed from the
+// kernels above with ATen ops between them it was ~25 small launches, ~300 us of host time per
+// call on an H200 against ~30 us of memory traffic for a ResNet-50 feature map.
+bool train_forward_cuda(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& weight,
+                        const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
+                        at::Tensor& m2, at::Tensor& invstd) {
+  NORMEXT_RANGE("normext::batch_norm_train_forward_cuda");
+  stats_cuda(shape, X, mean, m2);
+  const c10::cuda::CUDAGuard guard(X.device());
+  const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+  at::Tensor coeffs = at::empty({3 * shape.C}, invstd.options());  // mean | scale | shift
+  cuda::bn::TrainFinalizeArgs fin{};
+  fin.mean = mean.const_data_ptr<double>();
+  fin.m2 = m2.const_data_ptr<double>();
+  fin.count = static_cast<double>(shape.N * shape.HxW);
+  fin.eps = eps;
+  fin.weight = data_or_null(weight);
+  fin.bias = data_or_null(bias);
+  fin.invstd = invstd.mutable_data_ptr();
+  fin.coeffs = coeffs.mutable_data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_train_finalize(plan, scalar_kind_of<Kind>(X), fin,
+                                                            stream));
+  cuda::bn::ApplyArgs args{};
+  args.x = X.const_data_ptr();
+  args.y = Y.mutable_data_ptr();
+  const int64_t acc_bytes = static_cast<int64_t>(coeffs.element_size());
+  const char* base = static_cast<const char*>(coeffs.const_data_ptr());
+  args.mean = base;
+  args.scale = base + shape.C * acc_bytes;
+  args.shift = base + 2 * shape.C * acc_bytes;
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_apply(plan, scalar_kind_of<Kind>(X), args, stream));
+  return true;
+}
+
+// Training backward (dx wanted) in four launches: sums, their finalize, the per-channel dx
+// coefficients, dx.
+bool train_backward_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
+                         const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& invstd,
+                         at::Tensor& sum_dy_xmu, at::Tensor& sum_dy, at::Tensor& dX) {
+  NORMEXT_RANGE("normext::batch_norm_train_backward_cuda");
+  grad_sums_cuda(shape, dY, X, mean, sum_dy_xmu, sum_dy);
+  const c10::cuda::CUDAGuard guard(X.device());
+  const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+  at::Tensor coeffs = at::empty({3 * shape.C}, invstd.options());  // a | b | k
+  cuda::bn::TrainGradCoeffsArgs co{};
+  co.sum_dy_xmu = sum_dy_xmu.const_data_ptr();
+  co.sum_dy = sum_dy.const_data_ptr();
+  co.invstd = invstd.const_data_ptr();
+  co.weight = data_or_null(weight);
+  co.inv_count = 1.0 / static_cast<double>(shape.N * shape.HxW);
+  co.coeffs = coeffs.mutable_data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_train_grad_coeffs(plan, scalar_kind_of<Kind>(X), co,
+                                                               stream));
+  const int64_t acc_bytes = static_cast<int64_t>(coeffs.element_size());
+  const char* base = static_cast<const char*>(coeffs.const_data_ptr());
+  cuda::bn::GradInputArgs args{};
+  args.dy = dY.const_data_ptr();
+  args.x = X.const_data_ptr();
+  args.dx = dX.mutable_data_ptr();
+  args.a = base;
+  args.mean = mean.const_data_ptr();
+  args.rstd = invstd.const_data_ptr();
+  args.b = base + shape.C * acc_bytes;
+  args.k = base + 2 * shape.C * acc_bytes;
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_input(plan, scalar_kind_of<Kind>(X), args,
+                                                        stream));
+  return true;
+}
+
 } // namespace
 
 extern const BatchNormKernels batch_norm_cuda_kernels;
-const BatchNormKernels batch_norm_cuda_kernels{&stats_cuda,      &apply_cuda, &grad_sums_cuda,
-                                               &grad_input_cuda, nullptr,     nullptr};
+const BatchNormKernels batch_norm_cuda_kernels{&stats_cuda,         &apply_cuda,
+                                               &grad_sums_cuda,     &grad_input_cuda,
+                                               &train_forward_cuda, &train_backward_cuda};
 
 TORCH_LIBRARY_IMPL(normext, CUDA, m) {
   NORMEXT_REGISTER_BATCH_NORM_OPS(m, batch_norm_cuda_kernels);

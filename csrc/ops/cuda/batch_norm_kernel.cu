@@ -177,6 +177,46 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
+// One thread per channel: the training forward's invstd and apply coefficients (see
+// TrainFinalizeArgs), the values the op layer's ATen expressions compute.
+template <typename acc_t>
+__global__ void __launch_bounds__(kBlockThreads)
+    train_finalize_kernel(int64_t C, TrainFinalizeArgs a) {
+  const auto* weight = static_cast<const acc_t*>(a.weight);
+  const auto* bias = static_cast<const acc_t*>(a.bias);
+  auto* invstd_out = static_cast<acc_t*>(a.invstd);
+  auto* coeffs = static_cast<acc_t*>(a.coeffs);
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double var = a.m2[c] / a.count;
+    var = var < 0 ? 0.0 : var;  // clamp_min(0): rounding can make M2 a hair negative; NaN stays
+    const acc_t invstd = static_cast<acc_t>(1.0 / sqrt(var + a.eps));
+    invstd_out[c] = invstd;
+    coeffs[c] = static_cast<acc_t>(a.mean[c]);
+    coeffs[C + c] = weight != nullptr ? invstd * weight[c] : invstd;
+    coeffs[2 * C + c] = bias != nullptr ? bias[c] : acc_t(0);
+  }
+}
+
+// One thread per channel: the training backward's dx coefficients (see TrainGradCoeffsArgs).
+template <typename acc_t>
+__global__ void __launch_bounds__(kBlockThreads)
+    train_grad_coeffs_kernel(int64_t C, TrainGradCoeffsArgs g) {
+  const auto* sum_dy_xmu = static_cast<const acc_t*>(g.sum_dy_xmu);
+  const auto* sum_dy = static_cast<const acc_t*>(g.sum_dy);
+  const auto* invstd = static_cast<const acc_t*>(g.invstd);
+  const auto* weight = static_cast<const acc_t*>(g.weight);
+  auto* coeffs = static_cast<acc_t*>(g.coeffs);
+  const acc_t inv_count = static_cast<acc_t>(g.inv_count);
+  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const acc_t a = weight != nullptr ? invstd[c] * weight[c] : invstd[c];
+    coeffs[c] = a;
+    coeffs[C + c] = -a * (sum_dy_xmu[c] * invstd[c] * inv_count);
+    coeffs[2 * C + c] = -a * (sum_dy[c] * inv_count);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Elementwise
 
@@ -257,6 +297,22 @@ cudaError_t grad_input(const BatchNormPlan& p, const GradInputArgs& args, cudaSt
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t train_finalize(const BatchNormPlan& p, const TrainFinalizeArgs& args,
+                           cudaStream_t stream) {
+  train_finalize_kernel<acc_type<T>>
+      <<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(p.C, args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t train_grad_coeffs(const BatchNormPlan& p, const TrainGradCoeffsArgs& args,
+                              cudaStream_t stream) {
+  train_grad_coeffs_kernel<acc_type<T>>
+      <<<static_cast<unsigned>(p.finalize_grid), kBlockThreads, 0, stream>>>(p.C, args);
+  return cudaGetLastError();
+}
+
 template <template <typename> class Fn, typename Args>
 cudaError_t dispatch(ScalarKind kind, const BatchNormPlan& p, const Args& args,
                      cudaStream_t stream) {
@@ -290,8 +346,30 @@ struct GradInputFn {
   }
 };
 
+template <typename T>
+struct TrainFinalizeFn {
+  static cudaError_t run(const BatchNormPlan& p, const TrainFinalizeArgs& a, cudaStream_t s) {
+    return train_finalize<T>(p, a, s);
+  }
+};
+template <typename T>
+struct TrainGradCoeffsFn {
+  static cudaError_t run(const BatchNormPlan& p, const TrainGradCoeffsArgs& a, cudaStream_t s) {
+    return train_grad_coeffs<T>(p, a, s);
+  }
+};
+
 } // namespace
 
+cudaError_t launch_batch_norm_train_finalize(const BatchNormPlan& plan, ScalarKind kind,
+                                             const TrainFinalizeArgs& args, cudaStream_t stream) {
+  return dispatch<TrainFinalizeFn>(kind, plan, args, stream);
+}
+cudaError_t launch_batch_norm_train_grad_coeffs(const BatchNormPlan& plan, ScalarKind kind,
+                                                const TrainGradCoeffsArgs& args,
+                                                cudaStream_t stream) {
+  return dispatch<TrainGradCoeffsFn>(kind, plan, args, stream);
+}
 cudaError_t launch_batch_norm_stats(const BatchNormPlan& plan, ScalarKind kind,
                                     const StatsArgs& args, cudaStream_t stream) {
   return dispatch<StatsFn>(kind, plan, args, stream);

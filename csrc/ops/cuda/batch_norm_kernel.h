@@ -50,6 +50,31 @@ struct GradInputArgs {
   const void* k;
 };
 
+// Training forward, between the statistics and the apply: per channel, from the float64 mean and
+// M2, invstd = 1 / sqrt(max(M2 / count, 0) + eps) (NaN kept) and the apply coefficients
+// mean, scale = invstd * weight, shift = bias, in one launch instead of a dozen small ops.
+struct TrainFinalizeArgs {
+  const double* mean;  // [C]
+  const double* m2;    // [C]
+  double count;
+  double eps;
+  const void* weight;  // acc_t[C] or nullptr
+  const void* bias;    // acc_t[C] or nullptr
+  void* invstd;        // acc_t[C]
+  void* coeffs;        // acc_t[3 * C]: mean | scale | shift
+};
+
+// Training backward, between the sums and dx: per channel, dx = a dy + b (x - mean) rstd + k with
+// a = invstd * weight, b = -a * sum_dy_xmu * invstd / count, k = -a * sum_dy / count.
+struct TrainGradCoeffsArgs {
+  const void* sum_dy_xmu;  // acc_t[C]
+  const void* sum_dy;      // acc_t[C]
+  const void* invstd;      // acc_t[C]
+  const void* weight;      // acc_t[C] or nullptr
+  double inv_count;
+  void* coeffs;            // acc_t[3 * C]: a | b | k
+};
+
 // Enqueue the kernels of one step on `stream`. Return the first launch error, or cudaSuccess;
 // nothing is synchronized.
 cudaError_t launch_batch_norm_stats(const BatchNormPlan& plan, ScalarKind kind,
@@ -60,6 +85,11 @@ cudaError_t launch_batch_norm_grad_sums(const BatchNormPlan& plan, ScalarKind ki
                                         const GradSumsArgs& args, cudaStream_t stream);
 cudaError_t launch_batch_norm_grad_input(const BatchNormPlan& plan, ScalarKind kind,
                                          const GradInputArgs& args, cudaStream_t stream);
+cudaError_t launch_batch_norm_train_finalize(const BatchNormPlan& plan, ScalarKind kind,
+                                             const TrainFinalizeArgs& args, cudaStream_t stream);
+cudaError_t launch_batch_norm_train_grad_coeffs(const BatchNormPlan& plan, ScalarKind kind,
+                                                const TrainGradCoeffsArgs& args,
+                                                cudaStream_t stream);
 
 } // namespace bn
 } // namespace cuda

@@ -113,7 +113,14 @@ NORMEXT_HOST_DEVICE int64_t nchw_offset(const BatchNormPlan& p, int64_t c, int64
 }
 
 // Channel of the element at `offset` (either layout).
+// NB: 32-bit division wherever it is exact: a 64-bit one is a ~70-instruction software routine,
+// two per element made the elementwise kernels compute-bound.
 NORMEXT_HOST_DEVICE int64_t channel_of(const BatchNormPlan& p, int64_t offset) {
+  if (offset <= UINT32_MAX && p.HxW <= UINT32_MAX && p.C <= UINT32_MAX) {
+    const uint32_t o = static_cast<uint32_t>(offset);
+    const uint32_t C = static_cast<uint32_t>(p.C);
+    return p.channels_last ? o % C : (o / static_cast<uint32_t>(p.HxW)) % C;
+  }
   return p.channels_last ? offset % p.C : (offset / p.HxW) % p.C;
 }
 
