@@ -313,78 +313,44 @@ cudaError_t train_grad_coeffs(const BatchNormPlan& p, const TrainGradCoeffsArgs&
   return cudaGetLastError();
 }
 
-template <template <typename> class Fn, typename Args>
-cudaError_t dispatch(ScalarKind kind, const BatchNormPlan& p, const Args& args,
-                     cudaStream_t stream) {
-  return dispatch_scalar(kind, [&](auto tag) {
-    return Fn<typename decltype(tag)::type>::run(p, args, stream);
-  });
-}
-
-template <typename T>
-struct StatsFn {
-  static cudaError_t run(const BatchNormPlan& p, const StatsArgs& a, cudaStream_t s) {
-    return stats<T>(p, a, s);
-  }
-};
-template <typename T>
-struct ApplyFn {
-  static cudaError_t run(const BatchNormPlan& p, const ApplyArgs& a, cudaStream_t s) {
-    return apply<T>(p, a, s);
-  }
-};
-template <typename T>
-struct GradSumsFn {
-  static cudaError_t run(const BatchNormPlan& p, const GradSumsArgs& a, cudaStream_t s) {
-    return grad_sums<T>(p, a, s);
-  }
-};
-template <typename T>
-struct GradInputFn {
-  static cudaError_t run(const BatchNormPlan& p, const GradInputArgs& a, cudaStream_t s) {
-    return grad_input<T>(p, a, s);
-  }
-};
-
-template <typename T>
-struct TrainFinalizeFn {
-  static cudaError_t run(const BatchNormPlan& p, const TrainFinalizeArgs& a, cudaStream_t s) {
-    return train_finalize<T>(p, a, s);
-  }
-};
-template <typename T>
-struct TrainGradCoeffsFn {
-  static cudaError_t run(const BatchNormPlan& p, const TrainGradCoeffsArgs& a, cudaStream_t s) {
-    return train_grad_coeffs<T>(p, a, s);
-  }
-};
-
 } // namespace
 
 cudaError_t launch_batch_norm_train_finalize(const BatchNormPlan& plan, ScalarKind kind,
                                              const TrainFinalizeArgs& args, cudaStream_t stream) {
-  return dispatch<TrainFinalizeFn>(kind, plan, args, stream);
+  return dispatch_scalar(kind, [&](auto tag) {
+    return train_finalize<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 cudaError_t launch_batch_norm_train_grad_coeffs(const BatchNormPlan& plan, ScalarKind kind,
                                                 const TrainGradCoeffsArgs& args,
                                                 cudaStream_t stream) {
-  return dispatch<TrainGradCoeffsFn>(kind, plan, args, stream);
+  return dispatch_scalar(kind, [&](auto tag) {
+    return train_grad_coeffs<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 cudaError_t launch_batch_norm_stats(const BatchNormPlan& plan, ScalarKind kind,
                                     const StatsArgs& args, cudaStream_t stream) {
-  return dispatch<StatsFn>(kind, plan, args, stream);
+  return dispatch_scalar(kind, [&](auto tag) {
+    return stats<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 cudaError_t launch_batch_norm_apply(const BatchNormPlan& plan, ScalarKind kind,
                                     const ApplyArgs& args, cudaStream_t stream) {
-  return dispatch<ApplyFn>(kind, plan, args, stream);
+  return dispatch_scalar(kind, [&](auto tag) {
+    return apply<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 cudaError_t launch_batch_norm_grad_sums(const BatchNormPlan& plan, ScalarKind kind,
                                         const GradSumsArgs& args, cudaStream_t stream) {
-  return dispatch<GradSumsFn>(kind, plan, args, stream);
+  return dispatch_scalar(kind, [&](auto tag) {
+    return grad_sums<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 cudaError_t launch_batch_norm_grad_input(const BatchNormPlan& plan, ScalarKind kind,
                                          const GradInputArgs& args, cudaStream_t stream) {
-  return dispatch<GradInputFn>(kind, plan, args, stream);
+  return dispatch_scalar(kind, [&](auto tag) {
+    return grad_input<typename decltype(tag)::type>(plan, args, stream);
+  });
 }
 
 } // namespace bn
