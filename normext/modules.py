@@ -30,7 +30,7 @@ class GroupNorm(nn.GroupNorm):
             super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
         else:
             # torch before 2.14 has no `bias` argument: build without it and drop the bias as
-            # 2.14 does (a None parameter, so state_dict and repr match a 2.14 module's).
+            # 2.14 does (a None parameter: the parameters and state_dict of a 2.14 module).
             super().__init__(num_groups, num_channels, eps, affine, device, dtype)
             if not bias and affine:
                 self.register_parameter("bias", None)
