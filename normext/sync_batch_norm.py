@@ -157,6 +157,8 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         """As torch.nn.SyncBatchNorm.convert_sync_batchnorm, producing normext.SyncBatchNorm."""
         module_output = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            # NB: `bias` only when it is off with affine on: torch before 2.14 has no such argument.
+            no_bias = {"bias": False} if module.affine and module.bias is None else {}
             module_output = cls(
                 module.num_features,
                 module.eps,
@@ -164,7 +166,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                 module.affine,
                 module.track_running_stats,
                 process_group,
-                bias=module.bias is not None,
+                **no_bias,
             )
             if module.affine:
                 with torch.no_grad():
