@@ -112,4 +112,23 @@ NORMEXT_HOST_DEVICE GroupBackwardCoeffs<acc_t> group_backward_coeffs(acc_t sum_g
   return {-rstd * mean_dy_xhat, -rstd * mean_dy};
 }
 
+// BatchNorm's per-channel backward in training: dx = a * dy + b * xhat + k with a = invstd * weight
+// (weight = 1 without one), b = -a * mean(dy * xhat), k = -a * mean(dy), from the channel's sums
+// sum_dy_xmu = sum dy * (x - mean) and sum_dy = sum dy over its count values (inv_count = 1 / count).
+template <typename acc_t>
+struct BatchNormGradCoeffs {
+  acc_t a;
+  acc_t b;
+  acc_t k;
+};
+
+template <typename acc_t>
+NORMEXT_HOST_DEVICE BatchNormGradCoeffs<acc_t> batch_norm_grad_coeffs(acc_t sum_dy_xmu,
+                                                                      acc_t sum_dy, acc_t invstd,
+                                                                      acc_t weight,
+                                                                      acc_t inv_count) {
+  const acc_t a = invstd * weight;
+  return {a, -a * (sum_dy_xmu * invstd * inv_count), -a * (sum_dy * inv_count)};
+}
+
 } // namespace normext

@@ -374,8 +374,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor w = weight.defined() ? per_channel(weight, input) : at::ones_like(invstd);
     const at::Tensor a = (invstd * w).contiguous();
     if (train) {
-      // group_backward_coeffs per channel: dx = a dy + b xhat + k, with
-      // b = -a * mean(dy * xhat), k = -a * mean(dy).
+      // batch_norm_grad_coeffs (common/welford.h) as tensor ops, for kernels without a
+      // train_backward hook: dx = a dy + b xhat + k, b = -a * mean(dy * xhat), k = -a * mean(dy).
       const double inv_count = 1.0 / static_cast<double>(shape.N * shape.HxW);
       const at::Tensor b = (-a * (sum_dy_xmu * invstd * inv_count)).contiguous();
       const at::Tensor k = (-a * (sum_dy * inv_count)).contiguous();

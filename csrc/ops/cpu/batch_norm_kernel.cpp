@@ -354,7 +354,6 @@ void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
   const auto* x = reinterpret_cast<const T*>(X);
   auto* y = reinterpret_cast<T*>(Y);
   const Tiling tiling(s);
-  const double count = static_cast<double>(s.N * s.HxW);
   at::parallel_for(0, s.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       WelfordStat<double> stat{0, 0, 0};
@@ -374,9 +373,7 @@ void train_forward_impl(const BatchNormShape& s, const scalar_t* X,
       }
       mean[c] = stat.mean;
       m2[c] = stat.m2;
-      double var = stat.m2 / count;
-      var = var < 0 ? 0 : var;
-      invstd[c] = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
+      invstd[c] = static_cast<acc_t>(welford_rstd(stat, eps));
       const acc_t scale = weight ? invstd[c] * weight[c] : invstd[c];
       const acc_t shift = bias ? bias[c] : acc_t(0);
       const acc_t m = static_cast<acc_t>(stat.mean);
@@ -423,16 +420,14 @@ void train_backward_impl(const BatchNormShape& s, const scalar_t* dY, const scal
       }
       sum_dy_xmu[c] = static_cast<acc_t>(ds);
       sum_dy[c] = static_cast<acc_t>(db);
-      // dx = a dy + b xhat + k, the coefficients of batch_norm_backward (group_backward_coeffs).
-      const acc_t a = weight ? invstd[c] * weight[c] : invstd[c];
-      const acc_t b = -a * (sum_dy_xmu[c] * invstd[c] * inv_count);
-      const acc_t kc = -a * (sum_dy[c] * inv_count);
+      const BatchNormGradCoeffs<acc_t> q = batch_norm_grad_coeffs<acc_t>(
+          sum_dy_xmu[c], sum_dy[c], invstd[c], weight ? weight[c] : acc_t(1), inv_count);
       for (int64_t g = tiling.groups - 1; g >= 0; --g) {
         for (int64_t j = tiling.per_plane - 1; j >= 0; --j) {
           const int64_t t = tiling.task(g, c, j);
           const int64_t o = tiling.offset(t);
           k.grad_input_planes(dy + o, x + o, dx + o, tiling.planes(t), tiling.length(t),
-                              tiling.stride, a, mean[c], invstd[c], b, kc);
+                              tiling.stride, q.a, mean[c], invstd[c], q.b, q.k);
         }
       }
     }

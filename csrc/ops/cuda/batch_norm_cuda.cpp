@@ -26,11 +26,9 @@ cuda::bn::BatchNormPlan plan_for(const BatchNormShape& s, const at::Tensor& X) {
   return cuda::bn::make_batch_norm_plan(s.N, s.C, s.HxW, s.channels_last, sm_count_of(X));
 }
 
-void stats_cuda(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& mean,
-                at::Tensor& m2) {
-  NORMEXT_RANGE("normext::batch_norm_stats_cuda");
-  const c10::cuda::CUDAGuard guard(X.device());
-  const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+// The statistics kernels of `plan` on `stream`, with their partials from the caching allocator.
+void enqueue_stats(const cuda::bn::BatchNormPlan& plan, const at::Tensor& X, at::Tensor& mean,
+                   at::Tensor& m2, cudaStream_t stream) {
   at::Tensor partials = at::empty(
       {plan.partials * static_cast<int64_t>(sizeof(WelfordStat<double>))},
       X.options().dtype(at::kByte));
@@ -39,8 +37,35 @@ void stats_cuda(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& me
   args.mean = mean.mutable_data_ptr<double>();
   args.m2 = m2.mutable_data_ptr<double>();
   args.partials = static_cast<WelfordStat<double>*>(partials.mutable_data_ptr());
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_stats(plan, scalar_kind_of<Kind>(X), args,
-                                                   c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_stats(plan, scalar_kind_of<Kind>(X), args, stream));
+}
+
+// The backward sums of `plan` on `stream`, likewise.
+void enqueue_grad_sums(const cuda::bn::BatchNormPlan& plan, const at::Tensor& dY,
+                       const at::Tensor& X, const at::Tensor& mean, at::Tensor& sum_dy_xmu,
+                       at::Tensor& sum_dy, cudaStream_t stream) {
+  at::Tensor partials = at::empty({2 * plan.partials}, X.options().dtype(at::kDouble));
+  cuda::bn::GradSumsArgs args{};
+  args.dy = dY.const_data_ptr();
+  args.x = X.const_data_ptr();
+  args.mean = mean.const_data_ptr();
+  args.sum_dy_xmu = sum_dy_xmu.mutable_data_ptr();
+  args.sum_dy = sum_dy.mutable_data_ptr();
+  args.partials = partials.mutable_data_ptr<double>();
+  C10_CUDA_CHECK(
+      cuda::bn::launch_batch_norm_grad_sums(plan, scalar_kind_of<Kind>(X), args, stream));
+}
+
+// Slice k (of 3) of a [3 * C] per-channel coefficient buffer, as the kernels' untyped pointer.
+const void* coeff_slice(const at::Tensor& coeffs, int64_t C, int64_t k) {
+  return static_cast<const char*>(coeffs.const_data_ptr()) + k * C * coeffs.element_size();
+}
+
+void stats_cuda(const BatchNormShape& shape, const at::Tensor& X, at::Tensor& mean,
+                at::Tensor& m2) {
+  NORMEXT_RANGE("normext::batch_norm_stats_cuda");
+  const c10::cuda::CUDAGuard guard(X.device());
+  enqueue_stats(plan_for(shape, X), X, mean, m2, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -63,17 +88,8 @@ void grad_sums_cuda(const BatchNormShape& shape, const at::Tensor& dY, const at:
                     const at::Tensor& mean, at::Tensor& sum_dy_xmu, at::Tensor& sum_dy) {
   NORMEXT_RANGE("normext::batch_norm_grad_sums_cuda");
   const c10::cuda::CUDAGuard guard(X.device());
-  const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
-  at::Tensor partials = at::empty({2 * plan.partials}, X.options().dtype(at::kDouble));
-  cuda::bn::GradSumsArgs args{};
-  args.dy = dY.const_data_ptr();
-  args.x = X.const_data_ptr();
-  args.mean = mean.const_data_ptr();
-  args.sum_dy_xmu = sum_dy_xmu.mutable_data_ptr();
-  args.sum_dy = sum_dy.mutable_data_ptr();
-  args.partials = partials.mutable_data_ptr<double>();
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_sums(plan, scalar_kind_of<Kind>(X), args,
-                                                       c10::cuda::getCurrentCUDAStream()));
+  enqueue_grad_sums(plan_for(shape, X), dY, X, mean, sum_dy_xmu, sum_dy,
+                    c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -103,31 +119,29 @@ bool train_forward_cuda(const BatchNormShape& shape, const at::Tensor& X, const 
                         const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
                         at::Tensor& m2, at::Tensor& invstd) {
   NORMEXT_RANGE("normext::batch_norm_train_forward_cuda");
-  stats_cuda(shape, X, mean, m2);
   const c10::cuda::CUDAGuard guard(X.device());
   const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+  const Kind kind = scalar_kind_of<Kind>(X);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  enqueue_stats(plan, X, mean, m2, stream);
   at::Tensor coeffs = at::empty({3 * shape.C}, invstd.options());  // mean | scale | shift
   cuda::bn::TrainFinalizeArgs fin{};
   fin.mean = mean.const_data_ptr<double>();
   fin.m2 = m2.const_data_ptr<double>();
-  fin.count = static_cast<double>(shape.N * shape.HxW);
+  fin.count = shape.N * shape.HxW;
   fin.eps = eps;
   fin.weight = data_or_null(weight);
   fin.bias = data_or_null(bias);
   fin.invstd = invstd.mutable_data_ptr();
   fin.coeffs = coeffs.mutable_data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_train_finalize(plan, scalar_kind_of<Kind>(X), fin,
-                                                            stream));
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_train_finalize(plan, kind, fin, stream));
   cuda::bn::ApplyArgs args{};
   args.x = X.const_data_ptr();
   args.y = Y.mutable_data_ptr();
-  const int64_t acc_bytes = static_cast<int64_t>(coeffs.element_size());
-  const char* base = static_cast<const char*>(coeffs.const_data_ptr());
-  args.mean = base;
-  args.scale = base + shape.C * acc_bytes;
-  args.shift = base + 2 * shape.C * acc_bytes;
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_apply(plan, scalar_kind_of<Kind>(X), args, stream));
+  args.mean = coeff_slice(coeffs, shape.C, 0);
+  args.scale = coeff_slice(coeffs, shape.C, 1);
+  args.shift = coeff_slice(coeffs, shape.C, 2);
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_apply(plan, kind, args, stream));
   return true;
 }
 
@@ -137,9 +151,11 @@ bool train_backward_cuda(const BatchNormShape& shape, const at::Tensor& dY, cons
                          const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& invstd,
                          at::Tensor& sum_dy_xmu, at::Tensor& sum_dy, at::Tensor& dX) {
   NORMEXT_RANGE("normext::batch_norm_train_backward_cuda");
-  grad_sums_cuda(shape, dY, X, mean, sum_dy_xmu, sum_dy);
   const c10::cuda::CUDAGuard guard(X.device());
   const cuda::bn::BatchNormPlan plan = plan_for(shape, X);
+  const Kind kind = scalar_kind_of<Kind>(X);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  enqueue_grad_sums(plan, dY, X, mean, sum_dy_xmu, sum_dy, stream);
   at::Tensor coeffs = at::empty({3 * shape.C}, invstd.options());  // a | b | k
   cuda::bn::TrainGradCoeffsArgs co{};
   co.sum_dy_xmu = sum_dy_xmu.const_data_ptr();
@@ -148,22 +164,17 @@ bool train_backward_cuda(const BatchNormShape& shape, const at::Tensor& dY, cons
   co.weight = data_or_null(weight);
   co.inv_count = 1.0 / static_cast<double>(shape.N * shape.HxW);
   co.coeffs = coeffs.mutable_data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_train_grad_coeffs(plan, scalar_kind_of<Kind>(X), co,
-                                                               stream));
-  const int64_t acc_bytes = static_cast<int64_t>(coeffs.element_size());
-  const char* base = static_cast<const char*>(coeffs.const_data_ptr());
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_train_grad_coeffs(plan, kind, co, stream));
   cuda::bn::GradInputArgs args{};
   args.dy = dY.const_data_ptr();
   args.x = X.const_data_ptr();
   args.dx = dX.mutable_data_ptr();
-  args.a = base;
+  args.a = coeff_slice(coeffs, shape.C, 0);
   args.mean = mean.const_data_ptr();
   args.rstd = invstd.const_data_ptr();
-  args.b = base + shape.C * acc_bytes;
-  args.k = base + 2 * shape.C * acc_bytes;
-  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_input(plan, scalar_kind_of<Kind>(X), args,
-                                                        stream));
+  args.b = coeff_slice(coeffs, shape.C, 1);
+  args.k = coeff_slice(coeffs, shape.C, 2);
+  C10_CUDA_CHECK(cuda::bn::launch_batch_norm_grad_input(plan, kind, args, stream));
   return true;
 }
 

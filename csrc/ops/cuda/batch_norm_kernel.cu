@@ -7,9 +7,11 @@
 // the same bits on every run.
 //
 // Forward:  stats (Welford partial per piece) -> finalize (Chan merge per channel, in double)
-//           -> the op layer folds mean / invstd / weight / bias -> apply y = (x - m) * s + b.
+//           -> per-channel invstd and apply coefficients (train_finalize_kernel in training; the
+//           op layer's ATen ops for the other callers) -> apply y = (x - m) * s + b.
 // Backward: sums (ds = sum dy * (x - mean), db = sum dy per piece) -> finalize (sum per channel
-//           in double) -> the op layer's coefficients -> dx = a dy + b xhat + k.
+//           in double) -> per-channel coefficients (train_grad_coeffs_kernel in training, with
+//           common/welford.h's batch_norm_grad_coeffs, as the CPU) -> dx = a dy + b xhat + k.
 #include <cstdint>
 #include <type_traits>
 
@@ -188,9 +190,8 @@ __global__ void __launch_bounds__(kBlockThreads)
   auto* coeffs = static_cast<acc_t*>(a.coeffs);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double var = a.m2[c] / a.count;
-    var = var < 0 ? 0.0 : var;  // clamp_min(0): rounding can make M2 a hair negative; NaN stays
-    const acc_t invstd = static_cast<acc_t>(1.0 / sqrt(var + a.eps));
+    const acc_t invstd =
+        static_cast<acc_t>(welford_rstd(WelfordStat<double>{a.mean[c], a.m2[c], a.count}, a.eps));
     invstd_out[c] = invstd;
     coeffs[c] = static_cast<acc_t>(a.mean[c]);
     coeffs[C + c] = weight != nullptr ? invstd * weight[c] : invstd;
@@ -210,10 +211,11 @@ __global__ void __launch_bounds__(kBlockThreads)
   const acc_t inv_count = static_cast<acc_t>(g.inv_count);
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < C;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const acc_t a = weight != nullptr ? invstd[c] * weight[c] : invstd[c];
-    coeffs[c] = a;
-    coeffs[C + c] = -a * (sum_dy_xmu[c] * invstd[c] * inv_count);
-    coeffs[2 * C + c] = -a * (sum_dy[c] * inv_count);
+    const BatchNormGradCoeffs<acc_t> q = batch_norm_grad_coeffs<acc_t>(
+        sum_dy_xmu[c], sum_dy[c], invstd[c], weight != nullptr ? weight[c] : acc_t(1), inv_count);
+    coeffs[c] = q.a;
+    coeffs[C + c] = q.b;
+    coeffs[2 * C + c] = q.k;
   }
 }
 

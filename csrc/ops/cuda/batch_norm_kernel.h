@@ -51,12 +51,12 @@ struct GradInputArgs {
 };
 
 // Training forward, between the statistics and the apply: per channel, from the float64 mean and
-// M2, invstd = 1 / sqrt(max(M2 / count, 0) + eps) (NaN kept) and the apply coefficients
-// mean, scale = invstd * weight, shift = bias, in one launch instead of a dozen small ops.
+// M2, invstd (welford_rstd, as the CPU) and the apply coefficients mean, scale = invstd * weight,
+// shift = bias, in one launch instead of a dozen small ops.
 struct TrainFinalizeArgs {
   const double* mean;  // [C]
   const double* m2;    // [C]
-  double count;
+  int64_t count;       // values per channel, N * HxW
   double eps;
   const void* weight;  // acc_t[C] or nullptr
   const void* bias;    // acc_t[C] or nullptr
@@ -64,8 +64,8 @@ struct TrainFinalizeArgs {
   void* coeffs;        // acc_t[3 * C]: mean | scale | shift
 };
 
-// Training backward, between the sums and dx: per channel, dx = a dy + b (x - mean) rstd + k with
-// a = invstd * weight, b = -a * sum_dy_xmu * invstd / count, k = -a * sum_dy / count.
+// Training backward, between the sums and dx: per channel, the coefficients a, b, k of
+// dx = a dy + b (x - mean) rstd + k (common/welford.h's batch_norm_grad_coeffs, as the CPU).
 struct TrainGradCoeffsArgs {
   const void* sum_dy_xmu;  // acc_t[C]
   const void* sum_dy;      // acc_t[C]
