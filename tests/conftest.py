@@ -4,6 +4,7 @@ Every test that takes the ``device`` fixture runs on CPU and, when a GPU is pres
 (the CUDA parameter is reported as skipped on machines without one).
 """
 
+import inspect
 import os
 import subprocess
 import sys
@@ -24,6 +25,12 @@ torch.backends.cudnn.allow_tf32 = False
 # (major, minor) of the installed torch: some of torch's behaviour that normext follows (2.14's)
 # differs in older releases.
 TORCH_VERSION = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def takes_bias_argument(module_cls):
+    """Whether the installed torch's ``module_cls`` takes ``bias=`` (GroupNorm and BatchNorm do
+    from torch 2.14 on)."""
+    return "bias" in inspect.signature(module_cls.__init__).parameters
 
 
 def on_cpu(value):

@@ -1,14 +1,13 @@
 """Tests of normext.convert(): swaps every torch.nn.GroupNorm for normext.GroupNorm in place."""
 
 import copy
-import inspect
 
 import pytest
 import torch
 from torch import nn
 
 import normext
-from conftest import OpRecorder, cuda_sync
+from conftest import OpRecorder, cuda_sync, takes_bias_argument
 
 
 def randomize_norm_params(model, seed=0):
@@ -26,7 +25,7 @@ def randomize_norm_params(model, seed=0):
 def _group_norm_without_bias(num_groups, num_channels):
     """nn.GroupNorm(..., bias=False); torch before 2.14 has no such argument: drop the bias as it
     does."""
-    if "bias" in inspect.signature(nn.GroupNorm.__init__).parameters:
+    if takes_bias_argument(nn.GroupNorm):
         return nn.GroupNorm(num_groups, num_channels, bias=False)
     gn = nn.GroupNorm(num_groups, num_channels)
     gn.register_parameter("bias", None)

@@ -6,7 +6,6 @@ the output magnitude.
 """
 
 import copy
-import inspect
 import math
 
 import pytest
@@ -29,12 +28,11 @@ from conftest import (
     make_input,
     make_param,
     max_abs_err,
+    TORCH_VERSION,
+    takes_bias_argument,
     to_layout,
     with_cpu_semantics,
 )
-
-
-_TORCH_GROUP_NORM_HAS_BIAS = "bias" in inspect.signature(torch.nn.GroupNorm.__init__).parameters
 
 
 def stats_dtype(dtype):
@@ -795,7 +793,7 @@ ERROR_CASE_NAMES = list(_err_cases("cpu").keys())
 # Torch releases before 2.14 differ from 2.14 (the semantics normext follows) on these: 2.13 names
 # the bias shape [0] instead of the bias's shape, accepts zero-size spatial dims and zero channels,
 # and checks num_groups before the channels.
-_TORCH_BEFORE_2_14 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14)
+_TORCH_BEFORE_2_14 = TORCH_VERSION < (2, 14)
 _CHANGED_IN_2_14 = {"bias_wrong_size", "bias_wrong_size_with_weight", "zero_spatial",
                     "zero_spatial_3d", "zero_spatial_empty_batch", "zero_spatial_empty_batch_4d",
                     "zero_channels", "zero_channels_negative_groups"}
@@ -871,7 +869,7 @@ def test_empty_batch(device, shape, layout):
 @pytest.mark.parametrize("kwargs", [{}, {"affine": False}, {"bias": False}, {"eps": 1e-3}],
                          ids=["default", "affine_false", "bias_false", "eps"])
 def test_module_matches_torch_module(device, kwargs):
-    if "bias" in kwargs and not _TORCH_GROUP_NORM_HAS_BIAS:
+    if "bias" in kwargs and not takes_bias_argument(torch.nn.GroupNorm):
         pytest.skip(f"torch {torch.__version__}'s GroupNorm has no bias argument")
     tm = torch.nn.GroupNorm(4, 16, device=device, **kwargs)
     nm = normext.GroupNorm(4, 16, device=device, **kwargs)
