@@ -131,4 +131,13 @@ NORMEXT_HOST_DEVICE BatchNormGradCoeffs<acc_t> batch_norm_grad_coeffs(acc_t sum_
   return {a, -a * (sum_dy_xmu * invstd * inv_count), -a * (sum_dy * inv_count)};
 }
 
+// BatchNorm's running-statistic step in double: running * (1 - momentum) + batch / divisor *
+// momentum (divisor 1 for the mean, count - 1 for the unbiased variance from M2), as ATen's CPU
+// update; the caller rounds it to the running tensor's dtype. Shared by the CPU loop and the CUDA
+// training finalize so both devices give the same values.
+NORMEXT_HOST_DEVICE double running_stat_update(double running, double batch, double divisor,
+                                               double momentum) {
+  return running * (1 - momentum) + batch / divisor * momentum;
+}
+
 } // namespace normext

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "common/profiling.h"
+#include "common/welford.h"
 #include "ops/op_common.h"
 
 namespace normext {
@@ -161,20 +162,14 @@ at::Tensor apply_running(const at::Tensor& input, const at::Tensor& weight, cons
   return apply_coeffs(input, mean, coeffs[0], coeffs[1], kernels);
 }
 
-// running * (1 - momentum) + batch / divisor * momentum, computed in float64 and rounded to the
-// running statistics' dtype, as ATen updates them; batch: (C,) float64 on the running
-// statistics' device. On the CPU one loop over the C values (op by op it was ~8 us per tensor,
-// more than the whole BatchNorm of a small feature map).
+// running * (1 - momentum) + batch / divisor * momentum (running_stat_update), computed in
+// float64 and rounded to the running statistics' dtype, as ATen updates them; batch: (C,)
+// float64. On the CPU one loop over the C values (op by op it was ~8 us per tensor, more than the
+// whole BatchNorm of a small feature map). CUDA updates them in its training finalize kernel
+// (train_forward sets new_mean / new_var).
 at::Tensor running_update(const at::Tensor& running, const at::Tensor& batch, double divisor,
                           double momentum) {
-  if (!running.is_cpu()) {
-    // NB: in place on a float64 copy (copy = true: a float64 running tensor itself must stay
-    // untouched, this op is functional): 4 launches instead of 6.
-    return running.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true)
-        .mul_(1 - momentum)
-        .add_(batch, momentum / divisor)
-        .to(running.scalar_type());
-  }
+  TORCH_INTERNAL_ASSERT(running.is_cpu() && batch.is_cpu());
   const at::Tensor old = running.contiguous();
   const at::Tensor batch_values = batch.contiguous();
   at::Tensor result = at::empty(running.sizes(), running.options());
@@ -184,8 +179,8 @@ at::Tensor running_update(const at::Tensor& running, const at::Tensor& batch, do
         const double* batch_data = batch_values.const_data_ptr<double>();
         scalar_t* out = result.mutable_data_ptr<scalar_t>();
         for (int64_t c = 0; c < result.numel(); ++c) {
-          out[c] = static_cast<scalar_t>(static_cast<double>(old_data[c]) * (1 - momentum) +
-                                         batch_data[c] / divisor * momentum);
+          out[c] = static_cast<scalar_t>(running_stat_update(static_cast<double>(old_data[c]),
+                                                             batch_data[c], divisor, momentum));
         }
       });
   return result;
@@ -254,10 +249,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   at::Tensor invstd = at::empty({C}, stats_options);
   const at::Tensor weight_acc = weight.defined() ? per_channel(weight, input) : at::Tensor();
   const at::Tensor bias_acc = bias.defined() ? per_channel(bias, input) : at::Tensor();
-  at::Tensor save_mean;
+  at::Tensor save_mean, new_mean, new_var;
   if (kernels.train_forward != nullptr &&
-      kernels.train_forward(shape, X, weight_acc, bias_acc, eps, Y, mean, m2, invstd)) {
-    save_mean = mean.to(acc_dtype_of(input));
+      kernels.train_forward(shape, X, weight_acc, bias_acc, eps, Y, mean, m2, invstd, running_mean,
+                            running_var, momentum, save_mean, new_mean, new_var)) {
+    if (!save_mean.defined()) {
+      save_mean = mean.to(acc_dtype_of(input));
+    }
   } else {
     kernels.stats(shape, X, mean, m2);
     // NB: invstd from the float64 statistics: M2 of a huge float32 input may pass float32's
@@ -267,8 +265,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
     Y = apply(X, weight, bias, save_mean, invstd, kernels);
   }
   // The unbiased variance, m2 / (count - 1) as ATen computes it (inf or nan for one value).
-  return {Y, save_mean, invstd, new_running(running_mean, mean, 1.0),
-          new_running(running_var, m2, count - 1)};
+  if (!new_mean.defined()) {
+    new_mean = new_running(running_mean, mean, 1.0);
+    new_var = new_running(running_var, m2, count - 1);
+  }
+  return {Y, save_mean, invstd, new_mean, new_var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(

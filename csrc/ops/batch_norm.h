@@ -44,9 +44,14 @@ struct BatchNormKernels {
   // nothing, where they do not apply (a function of the shape only, so results stay
   // deterministic), and the op then composes the kernels above.
   // Forward: mean / m2 (double), invstd (acc) and Y, with weight / bias in acc or undefined.
+  // It may also set save_mean (acc) and, where running_mean / running_var are defined, the
+  // updated running statistics new_mean / new_var (running_stat_update, in the running dtype);
+  // what it leaves undefined the op layer computes.
   bool (*train_forward)(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& weight,
                         const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
-                        at::Tensor& m2, at::Tensor& invstd);
+                        at::Tensor& m2, at::Tensor& invstd, const at::Tensor& running_mean,
+                        const at::Tensor& running_var, double momentum, at::Tensor& save_mean,
+                        at::Tensor& new_mean, at::Tensor& new_var);
   // Backward with batch statistics: sum_dy_xmu / sum_dy (acc) and dX.
   bool (*train_backward)(const BatchNormShape& shape, const at::Tensor& dY, const at::Tensor& X,
                          const at::Tensor& weight, const at::Tensor& mean,

@@ -483,7 +483,12 @@ void grad_input_cpu(const BatchNormShape& shape, const at::Tensor& dY, const at:
 
 bool train_forward_cpu(const BatchNormShape& shape, const at::Tensor& X, const at::Tensor& weight,
                        const at::Tensor& bias, double eps, at::Tensor& Y, at::Tensor& mean,
-                       at::Tensor& m2, at::Tensor& invstd) {
+                       at::Tensor& m2, at::Tensor& invstd, const at::Tensor& /*running_mean*/,
+                       const at::Tensor& /*running_var*/, double /*momentum*/,
+                       at::Tensor& /*save_mean*/, at::Tensor& /*new_mean*/,
+                       at::Tensor& /*new_var*/) {
+  // NB: save_mean and the running update are left to the op layer (one loop over C on the CPU).
+
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, X.scalar_type(), "batch_norm_train_forward_cpu", [&] {

@@ -51,8 +51,9 @@ struct GradInputArgs {
 };
 
 // Training forward, between the statistics and the apply: per channel, from the float64 mean and
-// M2, invstd (welford_rstd, as the CPU) and the apply coefficients mean, scale = invstd * weight,
-// shift = bias, in one launch instead of a dozen small ops.
+// M2, invstd (welford_rstd, as the CPU), the apply coefficients mean, scale = invstd * weight,
+// shift = bias, and the updated running statistics (common/welford.h's running_stat_update, as
+// the CPU), in one launch instead of a dozen small ops.
 struct TrainFinalizeArgs {
   const double* mean;  // [C]
   const double* m2;    // [C]
@@ -62,6 +63,14 @@ struct TrainFinalizeArgs {
   const void* bias;    // acc_t[C] or nullptr
   void* invstd;        // acc_t[C]
   void* coeffs;        // acc_t[3 * C]: mean | scale | shift
+  // Running statistics (running_mean == nullptr: none to update). They and new_* are [C] of
+  // acc_t when running_in_acc, else of the input's dtype.
+  const void* running_mean;
+  const void* running_var;
+  void* new_mean;
+  void* new_var;
+  bool running_in_acc;
+  double momentum;
 };
 
 // Training backward, between the sums and dx: per channel, the coefficients a, b, k of

@@ -11,7 +11,8 @@
 //                     `piece_elems` rows; block (tile, split) reduces channels
 //                     [tile * kChannelTile, ...) of its rows into partials c * splits + split.
 //   finalize:         one thread per channel merges its `splits` partials in split order.
-//   elementwise:      y / dx over all elements with a grid stride, in tiles.
+//   elementwise:      y / dx over all elements with a grid stride, as 16-byte vectors where
+//                     aligned (elem_grid blocks: about 16 elements per thread).
 // Every grid is 1D and at most kMaxGridX blocks; kernels loop over their work items with a grid
 // stride, so no limit on the problem size follows from the grid. All offsets are 64-bit.
 #pragma once
@@ -59,7 +60,7 @@ struct BatchNormPlan {
   int64_t partials;       // C * splits
   int64_t finalize_grid;  // blocks of kBlockThreads, one thread per channel
   int64_t elem_tiles;     // ceil(N * C * HxW / kElemTile)
-  int64_t elem_grid;      // blocks of the elementwise kernels (grid-stride over elem_tiles)
+  int64_t elem_grid;      // blocks of the elementwise kernels (one per elem_tile of elements)
 };
 
 NORMEXT_HOST_DEVICE BatchNormPlan make_batch_norm_plan(int64_t N, int64_t C, int64_t HxW,
