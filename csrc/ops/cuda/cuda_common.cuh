@@ -103,6 +103,30 @@ __device__ __forceinline__ WelfordStat<double> widen(WelfordStat<double> s) {
   return s;
 }
 
+__device__ __forceinline__ WelfordStat<double> shfl_down_stat(WelfordStat<double> s, int offset) {
+  return {__shfl_down_sync(kFullMask, s.mean, offset), __shfl_down_sync(kFullMask, s.m2, offset),
+          static_cast<int64_t>(
+              __shfl_down_sync(kFullMask, static_cast<long long>(s.count), offset))};
+}
+
+// Lane 0 ends with the merge of the warp's 32 statistics, in a fixed tree order (the whole warp
+// calls it).
+__device__ __forceinline__ WelfordStat<double> warp_merge_stat(WelfordStat<double> s) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    s = welford_merge(s, shfl_down_stat(s, offset));
+  }
+  return s;
+}
+
+// Lane 0 ends with the warp's sums of a and of b, in a fixed tree order.
+template <typename A>
+__device__ __forceinline__ void warp_sum_pair(A& a, A& b) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    a += __shfl_down_sync(kFullMask, a, offset);
+    b += __shfl_down_sync(kFullMask, b, offset);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Launchers
 

@@ -77,21 +77,19 @@ void group_norm_backward_cuda_kernel(const GroupNormShape& shape, const at::Tens
   // and the statistics and turns dY into g = dY * act'(z), which the GroupNorm backward takes.
   at::Tensor G;
   if (activation != 0) {
-    const int64_t D = shape.C / shape.G;
-    const at::Tensor mean_c = mean.reshape({shape.N, shape.G, 1}).expand({shape.N, shape.G, D})
-                                  .reshape({shape.N, shape.C});
-    at::Tensor scale_c = rstd.reshape({shape.N, shape.G, 1}).expand({shape.N, shape.G, D})
-                             .reshape({shape.N, shape.C});
-    if (gamma.defined()) {
-      scale_c = scale_c.mul(gamma.reshape({1, shape.C}));
-    }
-    const at::Tensor bias_c = beta.defined() ? beta.reshape({1, shape.C}).expand({shape.N, shape.C})
-                                             : at::zeros_like(mean_c);
-    const at::Tensor coeffs = at::cat({mean_c.reshape({-1}), scale_c.reshape({-1}),
-                                       bias_c.reshape({-1})}).contiguous();
+    const at::Tensor coeffs =
+        at::empty({3 * shape.N * shape.C}, X.options().dtype(mean.scalar_type()));
     G = at::empty_like(dY);
-    cuda::ActGradArgs act_args{dY.const_data_ptr(), X.const_data_ptr(), coeffs.const_data_ptr(),
-                               G.mutable_data_ptr(), static_cast<int>(activation)};
+    cuda::ActGradArgs act_args{};
+    act_args.dy = dY.const_data_ptr();
+    act_args.x = X.const_data_ptr();
+    act_args.mean = mean.const_data_ptr();
+    act_args.rstd = rstd.const_data_ptr();
+    act_args.gamma = data_or_null(gamma);
+    act_args.beta = data_or_null(beta);
+    act_args.coeffs = coeffs.mutable_data_ptr();
+    act_args.g = G.mutable_data_ptr();
+    act_args.activation = static_cast<int>(activation);
     C10_CUDA_CHECK(cuda::launch_group_norm_act_grad(plan, scalar_kind_of<Kind>(X), act_args,
                                                     c10::cuda::getCurrentCUDAStream().stream()));
   }

@@ -46,28 +46,6 @@ __device__ __forceinline__ void for_span(const T* p, int64_t n, bool vectorize, 
 // ---------------------------------------------------------------------------------------------
 // Reductions
 
-__device__ __forceinline__ WelfordStat<double> shfl_down_stat(WelfordStat<double> s, int offset) {
-  return {__shfl_down_sync(kFullMask, s.mean, offset), __shfl_down_sync(kFullMask, s.m2, offset),
-          static_cast<int64_t>(
-              __shfl_down_sync(kFullMask, static_cast<long long>(s.count), offset))};
-}
-
-// Lane 0 ends with the merge of the warp's 32 statistics, in a fixed tree order.
-__device__ __forceinline__ WelfordStat<double> warp_merge_stat(WelfordStat<double> s) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    s = welford_merge(s, shfl_down_stat(s, offset));
-  }
-  return s;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ void warp_sum_pair(acc_t& a, acc_t& b) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    a += __shfl_down_sync(kFullMask, a, offset);
-    b += __shfl_down_sync(kFullMask, b, offset);
-  }
-}
-
 // Merge of a team's statistics (one thread, a warp, or the whole block), valid in the team's
 // rank 0. A block team calls it uniformly (it synchronizes the block).
 template <int kTeam>
@@ -678,22 +656,53 @@ void launch_apply(const GroupNormPlan& plan, const Op& op, cudaStream_t stream) 
 // ---------------------------------------------------------------------------------------------
 // Backward finalize
 
-// One thread per (n, c): total ds, db over the partials in index order.
-template <typename acc_t>
+// One team per (n, c): total ds, db over its partials. A thread sums them in index order where
+// there are few; a warp where there are many (channels-last at batch 1: a thousand row splits,
+// which one thread per channel summed in ~55 us on an H200), lanes strided, then a fixed tree.
+template <typename acc_t, int kTeam>
 __global__ void __launch_bounds__(kBlockThreads)
     channel_sums_kernel(GroupNormPlan plan, const acc_t* __restrict__ partials,
                         acc_t* __restrict__ sums) {
+  constexpr int kTeamsPerBlock = kBlockThreads / kTeam;
+  const int rank = static_cast<int>(threadIdx.x) % kTeam;
   const int64_t NC = plan.N * plan.C;
-  for (int64_t nc = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x; nc < NC;
-       nc += static_cast<int64_t>(gridDim.x) * kBlockThreads) {
+  // NB: a team is a whole warp and shares nc, so the loop and the shuffles are warp-uniform.
+  for (int64_t nc = static_cast<int64_t>(blockIdx.x) * kTeamsPerBlock + threadIdx.x / kTeam;
+       nc < NC; nc += static_cast<int64_t>(gridDim.x) * kTeamsPerBlock) {
     acc_t ds = 0, db = 0;
-    for (int64_t k = 0; k < plan.sum_items_per_channel; ++k) {
+    for (int64_t k = rank; k < plan.sum_items_per_channel; k += kTeam) {
       const int64_t p = sum_partial_index(plan, nc, k);
       ds += partials[2 * p];
       db += partials[2 * p + 1];
     }
-    sums[nc] = ds;
-    sums[NC + nc] = db;
+    if constexpr (kTeam > 1) {
+      warp_sum_pair(ds, db);
+    }
+    if (rank == 0) {
+      sums[nc] = ds;
+      sums[NC + nc] = db;
+    }
+  }
+}
+
+// One thread per (n, c): the forward's apply coefficients [mean | scale | bias] from the saved
+// (N, G) statistics, the values group_finalize_kernel wrote (scale = rstd * gamma in acc_t), for
+// the activation gradient pass. One launch where ATen ops (expand, mul, cat) took six.
+template <typename acc_t>
+__global__ void __launch_bounds__(kBlockThreads)
+    channel_coeffs_kernel(GroupNormPlan plan, const acc_t* __restrict__ mean,
+                          const acc_t* __restrict__ rstd, const acc_t* __restrict__ gamma,
+                          const acc_t* __restrict__ beta, acc_t* __restrict__ coeffs) {
+  const int64_t NC = plan.N * plan.C;
+  for (int64_t nc = static_cast<int64_t>(blockIdx.x) * kBlockThreads + threadIdx.x; nc < NC;
+       nc += static_cast<int64_t>(gridDim.x) * kBlockThreads) {
+    const int64_t n = nc / plan.C;
+    const int64_t c = nc - n * plan.C;
+    const int64_t ng = n * plan.G + c / plan.D;
+    const acc_t r = rstd[ng];
+    coeffs[nc] = mean[ng];
+    coeffs[NC + nc] = gamma != nullptr ? r * gamma[c] : r;
+    coeffs[2 * NC + nc] = beta != nullptr ? beta[c] : acc_t(0);
   }
 }
 
@@ -814,8 +823,14 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
         dy, x, mean, plan.sums, plan.D, partials);
   }
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
-  channel_sums_kernel<acc_t>
-      <<<grid_of(plan.channel_grid), kBlockThreads, 0, stream>>>(plan, partials, sums);
+  if (plan.sum_items_per_channel > kThreadFinalizeMaxItems) {
+    channel_sums_kernel<acc_t, kWarpSize>
+        <<<grid_of(grid_for(ceil_div(plan.N * plan.C, kBlockWarps))), kBlockThreads, 0, stream>>>(
+            plan, partials, sums);
+  } else {
+    channel_sums_kernel<acc_t, 1>
+        <<<grid_of(plan.channel_grid), kBlockThreads, 0, stream>>>(plan, partials, sums);
+  }
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
   if (a.dgamma != nullptr || a.dbeta != nullptr) {
     param_grads_kernel<acc_t><<<grid_of(plan.param_grid), kBlockThreads, 0, stream>>>(
@@ -838,9 +853,13 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
 template <typename T>
 cudaError_t act_grad(const GroupNormPlan& plan, const ActGradArgs& a, cudaStream_t stream) {
   using acc_t = acc_type<T>;
+  auto* coeffs = static_cast<acc_t*>(a.coeffs);
+  channel_coeffs_kernel<acc_t><<<grid_of(plan.channel_grid), kBlockThreads, 0, stream>>>(
+      plan, static_cast<const acc_t*>(a.mean), static_cast<const acc_t*>(a.rstd),
+      static_cast<const acc_t*>(a.gamma), static_cast<const acc_t*>(a.beta), coeffs);
+  NORMEXT_RETURN_IF_LAUNCH_FAILED();
   const ActGradApply<T> op{static_cast<const T*>(a.dy), static_cast<const T*>(a.x),
-                           static_cast<T*>(a.g), static_cast<const acc_t*>(a.coeffs),
-                           plan.N * plan.C, a.activation};
+                           static_cast<T*>(a.g), coeffs, plan.N * plan.C, a.activation};
   launch_apply(plan, op, stream);
   NORMEXT_RETURN_IF_LAUNCH_FAILED();
   return cudaSuccess;

@@ -55,7 +55,11 @@ struct BackwardArgs {
 struct ActGradArgs {
   const void* dy;
   const void* x;
-  const void* coeffs;  // acc_t[3 * N * C]: mean | scale | bias per (n, c)
+  const void* mean;    // acc_t[N * G]: the forward's statistics
+  const void* rstd;    // acc_t[N * G]
+  const void* gamma;   // acc_t[C] or nullptr
+  const void* beta;    // acc_t[C] or nullptr
+  void* coeffs;        // acc_t[3 * N * C] of scratch: mean | scale | bias per (n, c)
   void* g;
   int activation;
 };
