@@ -82,6 +82,28 @@ __device__ __forceinline__ ChannelCursor channel_cursor(const BatchNormPlan& p, 
   return {channel_of(p, offset), pos, run, p.C};
 }
 
+// use(load(i)) for i = first, first + step, ... < end, in that order, with the loads of four
+// steps issued before their uses: the uses form a dependent chain (a Welford step, a double
+// add), which otherwise holds every load back until the previous use is done.
+template <typename Load, typename Use>
+__device__ __forceinline__ void strided_loads(int64_t first, int64_t end, int64_t step,
+                                              Load&& load, Use&& use) {
+  int64_t i = first;
+  for (; i + 3 * step < end; i += 4 * step) {
+    const auto v0 = load(i);
+    const auto v1 = load(i + step);
+    const auto v2 = load(i + 2 * step);
+    const auto v3 = load(i + 3 * step);
+    use(v0);
+    use(v1);
+    use(v2);
+    use(v3);
+  }
+  for (; i < end; i += step) {
+    use(load(i));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Statistics
 
@@ -98,9 +120,10 @@ __global__ void __launch_bounds__(kBlockThreads)
     if (p.channels_last) {
       const int64_t c = tile * kChannelTile + threadIdx.x % kChannelTile;
       if (c < p.C) {
-        for (int64_t r = begin + threadIdx.x / kChannelTile; r < end; r += kRowLanes) {
-          s = welford_add(s, to_acc(x[r * p.C + c]));
-        }
+        strided_loads(
+            begin + threadIdx.x / kChannelTile, end, kRowLanes,
+            [&](int64_t r) { return to_acc(x[r * p.C + c]); },
+            [&](acc_t v) { s = welford_add(s, v); });
       }
       shared[threadIdx.x] = widen(s);
       tree_reduce(shared, kRowLanes, kChannelTile, merge);
@@ -109,9 +132,9 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
     } else {
       for_each_plane_run(p, tile, begin, end, [&](int64_t plane, int64_t len) {
-        for (int64_t j = threadIdx.x; j < len; j += kBlockThreads) {
-          s = welford_add(s, to_acc(x[plane + j]));
-        }
+        strided_loads(
+            threadIdx.x, len, kBlockThreads, [&](int64_t j) { return to_acc(x[plane + j]); },
+            [&](acc_t v) { s = welford_add(s, v); });
       });
       shared[threadIdx.x] = widen(s);
       tree_reduce(shared, kBlockThreads, 1, merge);
@@ -184,6 +207,16 @@ struct Sums {
   double db;
 };
 
+// One element's dy and x; add_to accumulates ds += dy * (x - mean), db += dy.
+template <typename acc_t>
+struct GradTerm {
+  acc_t g, v;
+  __device__ __forceinline__ void add_to(double& ds, double& db, acc_t mean) const {
+    ds += static_cast<double>(g * (v - mean));
+    db += static_cast<double>(g);
+  }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kBlockThreads)
     grad_sums_kernel(BatchNormPlan p, const T* __restrict__ dy, const T* __restrict__ x,
@@ -202,22 +235,20 @@ __global__ void __launch_bounds__(kBlockThreads)
       c = tile * kChannelTile + threadIdx.x % kChannelTile;
       if (c < p.C) {
         const acc_t m = mean[c];
-        for (int64_t r = begin + threadIdx.x / kChannelTile; r < end; r += kRowLanes) {
-          const acc_t g = to_acc(dy[r * p.C + c]);
-          ds += static_cast<double>(g * (to_acc(x[r * p.C + c]) - m));
-          db += static_cast<double>(g);
-        }
+        strided_loads(
+            begin + threadIdx.x / kChannelTile, end, kRowLanes,
+            [&](int64_t r) { return GradTerm<acc_t>{to_acc(dy[r * p.C + c]), to_acc(x[r * p.C + c])}; },
+            [&](GradTerm<acc_t> t) { t.add_to(ds, db, m); });
       }
       shared[threadIdx.x] = Sums{ds, db};
       tree_reduce(shared, kRowLanes, kChannelTile, merge);
     } else {
       const acc_t m = mean[c];
       for_each_plane_run(p, c, begin, end, [&](int64_t plane, int64_t len) {
-        for (int64_t j = threadIdx.x; j < len; j += kBlockThreads) {
-          const acc_t g = to_acc(dy[plane + j]);
-          ds += static_cast<double>(g * (to_acc(x[plane + j]) - m));
-          db += static_cast<double>(g);
-        }
+        strided_loads(
+            threadIdx.x, len, kBlockThreads,
+            [&](int64_t j) { return GradTerm<acc_t>{to_acc(dy[plane + j]), to_acc(x[plane + j])}; },
+            [&](GradTerm<acc_t> t) { t.add_to(ds, db, m); });
       });
       shared[threadIdx.x] = Sums{ds, db};
       tree_reduce(shared, kBlockThreads, 1, merge);
