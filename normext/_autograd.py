@@ -152,6 +152,7 @@ def _group_norm_forward_setup_context(ctx, inputs, output):
     activation = inputs[5] if len(inputs) > 5 else 0
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zeros for the statistics' gradients (never used)
     # NB: with an activation the backward recomputes its input from x and the (N, G) statistics:
     # input, mean and rstd are all that is saved (plus the parameters).
     ctx.save_for_backward(input, weight, bias if activation else None, mean, rstd)
@@ -193,6 +194,8 @@ def _group_norm_grads(ctx, grad_y, needs):
 
 
 def _group_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
+    if grad_y is None:  # no gradient reached y (set_materialize_grads(False))
+        return (None,) * 6
     dx, dweight, dbias = _group_norm_grads(ctx, grad_y, ctx.needs_input_grad[:3])
     return dx, dweight, dbias, None, None, None
 
@@ -320,10 +323,13 @@ def _layer_norm_forward_setup_context(ctx, inputs, output):
     input, normalized_shape, weight, bias, eps = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zeros for the statistics' gradients (never used)
     _row_norm_setup(ctx, input, normalized_shape, weight, bias, eps, False, mean, rstd)
 
 
 def _layer_norm_forward_backward(ctx, grad_y, grad_mean, grad_rstd):
+    if grad_y is None:  # no gradient reached y (set_materialize_grads(False))
+        return (None,) * 5
     n = ctx.needs_input_grad
     dx, dweight, dbias = _row_norm_grads(ctx, grad_y, (n[0], n[2], n[3]))
     return dx, None, dweight, dbias, None
@@ -339,10 +345,13 @@ def _rms_norm_forward_setup_context(ctx, inputs, output):
     input, normalized_shape, weight, eps = inputs
     _, rstd = output
     ctx.mark_non_differentiable(rstd)
+    ctx.set_materialize_grads(False)  # no zeros for the statistics' gradients (never used)
     _row_norm_setup(ctx, input, normalized_shape, weight, None, eps, True, None, rstd)
 
 
 def _rms_norm_forward_backward(ctx, grad_y, grad_rstd):
+    if grad_y is None:  # no gradient reached y (set_materialize_grads(False))
+        return (None,) * 4
     needs = ctx.needs_input_grad
     dx, dweight, _ = _row_norm_grads(ctx, grad_y, (needs[0], needs[2], False))
     return dx, None, dweight, None
@@ -507,6 +516,7 @@ def _batch_norm_forward_impl_setup_context(ctx, inputs, output):
     input, weight, bias, running_mean, running_var, training, momentum, eps = inputs
     _, save_mean, save_invstd, new_mean, new_var = output
     ctx.mark_non_differentiable(save_mean, save_invstd, new_mean, new_var)
+    ctx.set_materialize_grads(False)  # no zeros for the statistics' gradients (never used)
     if training:
         ctx.save_for_backward(input, weight, None, None, save_mean, save_invstd)
     else:
@@ -518,6 +528,8 @@ def _batch_norm_forward_impl_setup_context(ctx, inputs, output):
 
 def _batch_norm_forward_impl_backward(ctx, grad_y, grad_mean, grad_invstd, grad_new_mean,
                                       grad_new_var):
+    if grad_y is None:  # no gradient reached y (set_materialize_grads(False))
+        return (None,) * 8
     input, weight, running_mean, running_var, save_mean, save_invstd = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     need_weight = need_weight and weight is not None
