@@ -66,8 +66,8 @@ def kernels(fn):
 
 
 def short(name):
-    name = name.split("(")[0].replace("void ", "")
-    return name[-70:]
+    name = name.replace("(anonymous namespace)::", "").replace("void ", "")
+    return name.split("(")[0].split("<")[0][-70:]
 
 
 def case(name, make, f_ne, f_t):
