@@ -12,6 +12,8 @@
 #   pytest    the CUDA parametrizations of the test suite (pytest-xdist if installed)
 #   sanitize  tools/gpu_parity.py small under compute-sanitizer memcheck
 #   bench     python -m normext.bench --device cuda --no-compile (JSON in $OUT)
+#   profile   tools/gpu_profile.py: host / wall / kernel time per call and the kernels by name
+#             (not in the default steps)
 set -u
 export PYTHONUNBUFFERED=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -72,5 +74,11 @@ if [[ "$STEPS" == *" bench "* ]]; then
     --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"
   grep -E "vs eager|^[A-Z]" "$OUT/bench.log" | tail -45
+fi
+if [[ "$STEPS" == *" profile "* ]]; then
+  stamp "profile"
+  timeout "${PROFILE_TIMEOUT:-150}" "$PY" tools/gpu_profile.py > "$OUT/profile.log" 2>&1
+  echo "profile rc=$?"
+  grep -E " (host|wall) " "$OUT/profile.log" | cut -c1-125 | head -150
 fi
 stamp "done"
