@@ -226,6 +226,54 @@ void check_channels_last_plan(const GroupNormPlan& plan, const char* what) {
   }
 }
 
+// The thread layout of a channels-last block for C channels loaded `vec` at a time: within the
+// limits the kernels are built for (registers, shared memory, instantiated slots), and every column
+// of every pass owned by exactly one (slot, column lane).
+void check_channels_last_lanes(int64_t C, int vec, int64_t rows) {
+  char what[96];
+  std::snprintf(what, sizeof(what), "lanes C=%lld vec=%d rows=%lld", (long long)C, vec,
+                (long long)rows);
+  const ChannelsLastLanes l = make_channels_last_lanes(C, vec, rows);
+  EXPECT(l.vec == vec && l.cols == C / vec, "%s: cols %lld", what, (long long)l.cols);
+  EXPECT(l.slots >= 1 && l.slots <= kChannelsLastMaxSlots &&
+             l.slots * vec <= kChannelsLastThreadChannels,
+         "%s: slots %d", what, l.slots);
+  EXPECT(l.col_lanes >= 1 && l.row_lanes >= 1 && l.col_lanes * l.row_lanes <= kBlockThreads,
+         "%s: %d x %d lanes", what, l.col_lanes, l.row_lanes);
+  // NB: as many row lanes as fit: a layout with room for another never leaves it idle.
+  EXPECT((l.row_lanes + 1) * l.col_lanes > kBlockThreads, "%s: row lanes", what);
+  EXPECT(l.pass_cols >= 1 && l.pass_cols * vec <= kChannelsLastPassChannels &&
+             l.slots * l.col_lanes >= l.pass_cols,
+         "%s: pass of %lld columns", what, (long long)l.pass_cols);
+  EXPECT((l.passes - 1) * l.pass_cols < l.cols && l.cols <= l.passes * l.pass_cols,
+         "%s: %lld passes of %lld", what, (long long)l.passes, (long long)l.pass_cols);
+  // Shared memory of the kernels: two values per (row lane, channel) of a pass.
+  EXPECT(l.row_lanes * l.pass_cols * vec <= kBlockThreads * kChannelsLastThreadChannels,
+         "%s: shared memory", what);
+  if (l.cols <= (int64_t(1) << 16)) {
+    std::vector<uint8_t> owned(l.cols, 0);
+    int64_t outside = 0;
+    for (int64_t pass = 0; pass < l.passes; ++pass) {
+      const int64_t col0 = pass * l.pass_cols;
+      const int64_t pass_cols = l.pass_cols < l.cols - col0 ? l.pass_cols : l.cols - col0;
+      for (int j = 0; j < l.slots; ++j) {
+        for (int lane = 0; lane < l.col_lanes; ++lane) {
+          const int64_t col = int64_t(j) * l.col_lanes + lane;
+          if (col < pass_cols) {
+            col0 + col < l.cols ? ++owned[col0 + col] : ++outside;
+          }
+        }
+      }
+    }
+    int64_t bad = 0;
+    for (uint8_t o : owned) {
+      bad += o != 1;
+    }
+    EXPECT(outside == 0 && bad == 0, "%s: %lld columns outside, %lld not owned once", what,
+           (long long)outside, (long long)bad);
+  }
+}
+
 // The finalize kernels' view of the partials: every (group, k) and (channel row, k) in range, each
 // partial read by exactly one of them, and the items of a group hold exactly D * HxW elements.
 void check_partial_indices(const GroupNormPlan& plan, const char* what) {
@@ -362,6 +410,21 @@ void check_misaligned_head() {
 
 int main() {
   check_misaligned_head();
+
+  // Channels-last thread layouts: every C up to 4100 and some large ones, for each vector width
+  // the kernels load (1, and 2 or 4 channels: 16 bytes of double / float, 8 of half) and blocks
+  // of a few to many rows.
+  for (int vec : {1, 2, 4}) {
+    for (int64_t rows : {1, 4, 63, 1000, 1 << 20}) {
+      for (int64_t C = vec; C <= 4100; C += vec) {
+        check_channels_last_lanes(C, vec, rows);
+      }
+      for (int64_t C :
+           {int64_t(1) << 16, int64_t(3) << 20, int64_t(1) << 31, (int64_t(1) << 34) - 4}) {
+        check_channels_last_lanes(C, vec, rows);
+      }
+    }
+  }
 
   // Exhaustive element coverage on small shapes, every layout, many SM counts.
   for (int64_t sms : {1, 132}) {

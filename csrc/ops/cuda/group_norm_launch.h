@@ -8,9 +8,12 @@
 //                          one WelfordStat<double> partial per piece (group * splits + split).
 //          backward sums:  a ReducePlan over the N*C channel rows (HxW elements each); one
 //                          (ds, db) partial per piece (row * splits + split).
-//   channels-last, both:   a ChannelsLastReducePlan: block (n, split) reduces rows
-//                          [split * rows_per_split, ...) of sample n for every channel. Forward:
-//                          one WelfordStat<double> partial per (n, split, g), index
+//   channels-last, both:   a ChannelsLastReducePlan: block (n, split) reduces positions
+//                          [split * rows_per_split, ...) of sample n for every channel, with the
+//                          thread layout of a ChannelsLastLanes (threads own columns of up to 4
+//                          channels, one load each, and walk the block's rows; channels in passes
+//                          of at most kChannelsLastPassChannels). Forward: one
+//                          WelfordStat<double> partial per (n, split, g), index
 //                          (n * splits + split) * G + g; backward: one (ds, db) partial per
 //                          (n, split, c), index (n * splits + split) * C + c.
 //   apply (y or dx):       an ApplyPlan over rows of contiguous elements (NCHW: the N*C channel
@@ -44,11 +47,24 @@ constexpr int64_t kThreadReduceMaxElems = 16;
 constexpr int64_t kMinSplitElems = 16384;
 // Split lengths are multiples of this, so pieces of a 16-byte aligned group start 16-byte aligned.
 constexpr int64_t kSplitAlign = 64;
-// Channels-last reductions give a block at least kMinSplitElems elements (all channels of at least
-// this many positions, one per warp), and never more than 256 positions' worth of minimum: with
-// C = 1280 and 16x16 positions a block takes 13 positions, so a batch of 2 fills 38 blocks, not 2.
-constexpr int64_t kMinChannelsLastRows = 8;
+// Channels-last reductions give a block at least kMinChannelsLastBlockElems elements (all channels
+// of ceil(that / C) positions, but never more than kMaxChannelsLastMinRows positions as a minimum):
+// blocks of every thread's column for a few rows are cheap, and a small batch still fills the
+// device (C = 1280, 16x16 positions: 4 positions a block, a batch of 2 fills 128 blocks).
+constexpr int64_t kMinChannelsLastBlockElems = 4096;
 constexpr int64_t kMaxChannelsLastMinRows = 256;
+// A channels-last block reduces at most this many channels at a time (a pass): its per-channel
+// statistics sit in shared memory as double (mean, M2) pairs, 16 KiB.
+constexpr int64_t kChannelsLastPassChannels = 1024;
+// Channels a thread accumulates at once (its columns of a pass: slots * vec), and columns it may
+// own in a pass (the kernels instantiate 1 and 2 slots). NB: the backward keeps two doubles per
+// channel in registers, so 4 channels cost 16 registers; the per-(row lane, channel) values a pass
+// leaves in shared memory stay within 16 KiB.
+constexpr int kChannelsLastThreadChannels = 4;
+constexpr int kChannelsLastMaxSlots = 2;
+// What a pass costs beyond its rows, in rows a thread walks: the block-wide merges at its end
+// (four barriers, the row-lane and group sums).
+constexpr int64_t kChannelsLastPassCostRows = 8;
 // The forward finalize merges a group's partials with one thread when there are at most this many
 // (tiny groups, N * G in the millions: a warp each would mostly idle), else with a warp.
 constexpr int64_t kThreadFinalizeMaxItems = 16;
@@ -141,10 +157,10 @@ struct ChannelsLastReducePlan {
   int64_t grid;
 };
 
-// The fewest positions a channels-last block reduces (see kMinChannelsLastRows).
+// The fewest positions a channels-last block reduces (see kMinChannelsLastBlockElems).
 NORMEXT_HOST_DEVICE int64_t channels_last_min_rows(int64_t C) {
-  const int64_t rows = ceil_div(kMinSplitElems, C);
-  return clamp64(rows, kMinChannelsLastRows, kMaxChannelsLastMinRows);
+  const int64_t rows = ceil_div(kMinChannelsLastBlockElems, C);
+  return clamp64(rows, 1, kMaxChannelsLastMinRows);
 }
 
 NORMEXT_HOST_DEVICE ChannelsLastReducePlan make_channels_last_reduce_plan(int64_t N, int64_t HxW,
@@ -184,6 +200,68 @@ NORMEXT_HOST_DEVICE int64_t channels_last_partial_index(const ChannelsLastReduce
 NORMEXT_HOST_DEVICE int64_t channels_last_stat_index(const ChannelsLastReducePlan& p, int64_t n,
                                                      int64_t split, int64_t g) {
   return (n * p.splits + split) * p.G + g;
+}
+
+// Thread layout of a channels-last reduction block. A row (position) of C channels is `cols`
+// columns of `vec` channels (one load: 16 bytes of float or double, 8 of half; or vec = 1); the
+// block takes them in `passes` passes of `pass_cols` columns (the last one shorter). In a pass,
+// thread t is column lane t % col_lanes and row lane t / col_lanes (threads from
+// row_lanes * col_lanes on idle): it owns columns j * col_lanes + lane (j < slots) of the pass and
+// visits rows lane, lane + row_lanes, ... of the block, so a warp reads whole runs of consecutive
+// columns of a row.
+struct ChannelsLastLanes {
+  int vec;
+  int slots;
+  int col_lanes;
+  int row_lanes;
+  int64_t cols;       // C / vec
+  int64_t pass_cols;  // columns per pass: pass p covers [p * pass_cols, ...) of cols
+  int64_t passes;
+};
+
+// The layout for C channels loaded `vec` at a time (vec divides C, vec <=
+// kChannelsLastThreadChannels) in blocks of up to `rows` rows: the least work for the busiest
+// thread, passes * (slots * ceil(rows / row_lanes) + kChannelsLastPassCostRows), trying from the
+// fewest passes to twice that (16 more at most); on a tie, fewer passes, then fewer slots. Many
+// rows favour full use of the threads (more, narrower passes); a few rows favour fewer passes.
+// NB: the kernels need 1 <= slots <= kChannelsLastMaxSlots, slots * vec <=
+// kChannelsLastThreadChannels, row_lanes * col_lanes <= kBlockThreads, slots * col_lanes >=
+// pass_cols and pass_cols * vec <= kChannelsLastPassChannels; tests/cpp/test_launch_plan.cpp
+// checks them.
+NORMEXT_HOST_DEVICE ChannelsLastLanes make_channels_last_lanes(int64_t C, int vec, int64_t rows) {
+  ChannelsLastLanes best{};
+  best.vec = vec;
+  best.cols = C / vec;
+  int max_slots = kChannelsLastThreadChannels / vec;
+  max_slots = max_slots < 1 ? 1 : (max_slots > kChannelsLastMaxSlots ? kChannelsLastMaxSlots
+                                                                       : max_slots);
+  const int64_t max_pass_cols = kChannelsLastPassChannels / vec < kBlockThreads * max_slots
+                                    ? kChannelsLastPassChannels / vec
+                                    : kBlockThreads * max_slots;
+  const int64_t min_passes = ceil_div(best.cols, max_pass_cols);
+  int64_t best_cost = 0;
+  const int64_t max_passes = min_passes + (min_passes < 16 ? min_passes : 16);
+  for (int64_t try_passes = min_passes; try_passes <= max_passes; ++try_passes) {
+    const int64_t pass_cols = ceil_div(best.cols, try_passes);
+    const int64_t passes = ceil_div(best.cols, pass_cols);
+    for (int slots = 1; slots <= max_slots; ++slots) {
+      const int64_t col_lanes = ceil_div(pass_cols, slots);
+      if (col_lanes > kBlockThreads) {
+        continue;
+      }
+      const int64_t row_lanes = kBlockThreads / col_lanes;
+      const int64_t cost = passes * (slots * ceil_div(rows, row_lanes) + kChannelsLastPassCostRows);
+      if (best.slots == 0 || cost < best_cost) {
+        best_cost = cost;
+        best.slots = slots;
+        best.col_lanes = static_cast<int>(col_lanes);
+        best.row_lanes = static_cast<int>(row_lanes);
+        best.pass_cols = pass_cols;
+        best.passes = passes;
+      }
+    }
+  }
+  return best;
 }
 
 // Elementwise pass over `rows` rows of `row_len` contiguous elements. Long rows are cut into
