@@ -1,10 +1,10 @@
 // GroupNorm CUDA kernels: raw pointers and the launch plan of group_norm_launch.h, no torch.
 //
 // Deterministic without atomics: every reduction is cut into pieces by the plan (a function of the
-// shape and the SM count only), each piece is reduced in a fixed order (per-thread loops, then a
-// fixed shuffle tree, then warps in order) into its own partial, and partials are merged in a
-// fixed order. The same input on the same device model (SM count) gives the same bits on every
-// run.
+// shape and the SM count only), each piece is reduced in a fixed order (per-thread loops, then
+// fixed shuffle trees and shared-memory sums in order; the loads depend on the shape and on the
+// tensors' alignment, never on timing) into its own partial, and partials are merged in a fixed
+// order. The same input on the same device model (SM count) gives the same bits on every run.
 //
 // Forward:  stats (partial Welford per piece) -> finalize (merge per group in double, mean / rstd,
 //           per-(n, c) mean / scale / bias) -> apply  y = (x - mean) * scale + bias.
@@ -12,6 +12,7 @@
 //           per group coefficients (group_backward_coeffs) -> dgamma / dbeta (sum over n in order)
 //           and dx = rstd * gamma * dy + xhat_coeff * xhat + bias.
 #include <cstdint>
+#include <type_traits>
 
 #include "common/welford.h"
 #include "ops/cuda/cuda_common.cuh"
@@ -185,109 +186,421 @@ __global__ void __launch_bounds__(kBlockThreads)
   }
 }
 
-// Channels-last statistics: block (n, split) reduces its positions for 32 channels at a time
-// (lane = channel, warp = every 8th position), merges the 8 warps in order per channel, then the
-// channels of each group in channel order into one partial per (n, split, g).
-// NB: in a tile of 32 channels, each group's first lane merges that group's channels while the
-// other groups' first lanes do theirs; a group that runs past the tile carries its running
-// statistics over in shared memory to lane 0 of the next tile, so the order stays channel order.
+// ---------------------------------------------------------------------------------------------
+// Channels-last reductions
+//
+// Block (n, split) of the ChannelsLastReducePlan reduces its positions (rows of C channels) with
+// the thread layout of a ChannelsLastLanes, one pass of columns at a time: each thread folds its
+// columns over its rows into registers (a warp reads runs of consecutive loads of a row, several
+// rows in flight per thread), then the block combines the row lanes per channel in
+// shared memory, in a fixed order, by teams of threads. Forward: statistics per channel, then per
+// group (all of a group's channels have the same count: plain sums, no serial merge chains);
+// backward: (ds, db) per channel.
+
+// Shared memory of a channels-last reduction block: the values per (row lane, channel) of a pass,
+// two per channel (forward: acc_t mean and M2; backward: double ds and db), at most
+// 2 * kBlockThreads * kChannelsLastThreadChannels doubles by the layout's limits; the forward
+// then keeps the double (mean, M2) per channel of the pass beside them.
+constexpr int kChannelsLastLaneDoubles = 2 * kBlockThreads * kChannelsLastThreadChannels;
+constexpr int kChannelsLastChannelDoubles = 2 * kChannelsLastPassChannels;
+
+// Blocks per SM the channels-last reductions keep registers for (at most 128 a thread), and the
+// bytes each thread has in flight per step: 2 blocks keep 64 KiB of reads in flight per SM.
+constexpr int kChannelsLastMinBlocks = 2;
+constexpr int kChannelsLastLoadBytes = 128;
+
+// Channels per load of the channels-last reductions (where C and the alignment allow): 16 bytes,
+// but no more than a thread may accumulate (8 bytes of half / bfloat16).
 template <typename T>
-__global__ void __launch_bounds__(kBlockThreads)
-    channels_last_stats_kernel(const T* __restrict__ x, ChannelsLastReducePlan plan, int64_t D,
+constexpr int kChannelsLastVec =
+    kVec<T> < kChannelsLastThreadChannels ? kVec<T> : kChannelsLastThreadChannels;
+
+// Rows a thread loads before folding them in: kChannelsLastLoadBytes over its J columns of V
+// channels in each of `tensors` tensors, 1 to 8 rows.
+template <typename T, int V, int J, int tensors>
+constexpr int kChannelsLastRowsPerStep =
+    kChannelsLastLoadBytes / (tensors * J * V * static_cast<int>(sizeof(T))) < 1   ? 1
+    : kChannelsLastLoadBytes / (tensors * J * V * static_cast<int>(sizeof(T))) > 8 ? 8
+    : kChannelsLastLoadBytes / (tensors * J * V * static_cast<int>(sizeof(T)));
+
+// V consecutive channels of one position, loaded at once (up to 16 bytes, or one element).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) ChannelVec {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ ChannelVec<T, V> load_channels(const T* p) {
+  return *reinterpret_cast<const ChannelVec<T, V>*>(p);
+}
+
+__device__ __forceinline__ int64_t min_i64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+// Sum over a team of `team` consecutive lanes (a power of two, at most a warp) in a fixed
+// butterfly order. Every member ends with the same bits: each step adds the same two values on
+// both sides. NB: the whole warp calls it (full-mask shuffles).
+__device__ __forceinline__ double team_sum_xor(double v, int team) {
+  for (int offset = team / 2; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(kFullMask, v, offset);
+  }
+  return v;
+}
+
+// Team size for `items` independent sums of at most `width` terms each: doubled while the teams
+// of all items still fit the block at once and a member still gets a term. A power of two up to
+// kWarpSize (teams never straddle a warp); the block takes the items kBlockThreads / team at a
+// time, team t item i0 + t.
+__device__ __forceinline__ int team_size_for(int64_t items, int64_t width) {
+  int team = 1;
+  while (team < kWarpSize && team < width && 2 * team * items <= kBlockThreads) {
+    team *= 2;
+  }
+  return team;
+}
+
+// Rows each row lane visits in a block of `rows` rows: lane r takes rows r, r + row_lanes, ...,
+// that is q + 1 rows for r < m and q for the others, rows = q * row_lanes + m.
+struct LaneRows {
+  int64_t q;
+  int64_t m;
+  __device__ __forceinline__ int64_t of(int64_t lane) const { return q + (lane < m ? 1 : 0); }
+};
+
+__device__ __forceinline__ LaneRows lane_rows(int64_t rows, int row_lanes) {
+  const int64_t q = rows / row_lanes;
+  return {q, rows - q * row_lanes};
+}
+
+// Rows of a step (at most `step`, one every row_lanes) left for a row lane whose next row is
+// `left` > 0 rows before the end of the block.
+__device__ __forceinline__ int channels_last_step_rows(int64_t left, int row_lanes, int step) {
+  if (left >= static_cast<int64_t>(step) * row_lanes) {
+    return step;
+  }
+  return (static_cast<int>(left) + row_lanes - 1) / row_lanes;  // NB: left < step * row_lanes
+}
+
+// This thread's place in a ChannelsLastLanes layout.
+struct ChannelsLastThread {
+  int col_lane;
+  int row_lane;
+  bool has_rows;  // threads from row_lanes * col_lanes on idle
+};
+
+__device__ __forceinline__ ChannelsLastThread channels_last_thread(const ChannelsLastLanes& lanes) {
+  const int col_lane = threadIdx.x % lanes.col_lanes;
+  const int row_lane = threadIdx.x / lanes.col_lanes;
+  return {col_lane, row_lane, row_lane < lanes.row_lanes};
+}
+
+// Channels-last statistics: one WelfordStat<double> partial per (n, split, g).
+// Per thread: running (mean, M2) per owned channel in acc_t, a step of rows at a time. Per
+// channel, over the row lanes that have rows, in double: mean = sum(count * lane mean) / rows,
+// M2 = sum(lane M2 + count * (lane mean - mean)^2) (Chan's formula for many parts at once). Per
+// group segment of a pass, over its channels (each with `rows` values): the same with equal
+// counts. A group that runs past the end of a pass is carried to the next pass and merged there
+// by welford_merge, earlier channels first.
+template <typename T, int V, int J>
+__global__ void __launch_bounds__(kBlockThreads, kChannelsLastMinBlocks)
+    channels_last_stats_kernel(const T* __restrict__ x, ChannelsLastReducePlan plan,
+                               ChannelsLastLanes lanes, int64_t D,
                                WelfordStat<double>* __restrict__ partials) {
   using acc_t = acc_type<T>;
-  __shared__ WelfordStat<double> smem[kBlockWarps][kWarpSize];
-  __shared__ WelfordStat<double> carry;
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
+  constexpr int kRowsPerStep = kChannelsLastRowsPerStep<T, V, J, 1>;
+  __shared__ double smem[kChannelsLastLaneDoubles + kChannelsLastChannelDoubles];
+  // NB: two, by pass parity: a pass reads the carry of the previous one while it may write its own.
+  __shared__ WelfordStat<double> carry[2];
+  const ChannelsLastThread th = channels_last_thread(lanes);
+  const int64_t lane_stride = static_cast<int64_t>(lanes.row_lanes) * plan.C;
   for (int64_t b = blockIdx.x; b < plan.blocks; b += gridDim.x) {
     const Range r = channels_last_block(plan, b);
     const int64_t split = b - r.segment * plan.splits;
-    const T* sample = x + r.segment * plan.HxW * plan.C;
-    for (int64_t c0 = 0; c0 < plan.C; c0 += kWarpSize) {
-      const int64_t c = c0 + lane;
-      WelfordStat<acc_t> s{acc_t(0), acc_t(0), 0};
-      if (c < plan.C) {
-        for (int64_t row = r.begin + warp; row < r.end; row += kBlockWarps) {
-          s = welford_add(s, to_acc(sample[row * plan.C + c]));
+    const int64_t rows = r.end - r.begin;
+    const T* block_x = x + (r.segment * plan.HxW + r.begin) * plan.C;
+    for (int64_t pass = 0; pass < lanes.passes; ++pass) {
+      const int64_t col0 = pass * lanes.pass_cols;
+      const int64_t pass_cols = min_i64(lanes.pass_cols, lanes.cols - col0);
+      const int64_t pass_ch = pass_cols * V;
+      bool owns[J];
+      acc_t mean[J][V], m2[J][V];
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        owns[j] = th.has_rows && j * lanes.col_lanes + th.col_lane < pass_cols;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          mean[j][e] = acc_t(0);
+          m2[j][e] = acc_t(0);
         }
       }
-      smem[warp][lane] = widen(s);
-      __syncthreads();
-      if (warp == 0) {
-        WelfordStat<double> channel = smem[0][lane];
-        for (int w = 1; w < kBlockWarps; ++w) {
-          channel = welford_merge(channel, smem[w][lane]);
+      if (th.has_rows) {
+        int64_t count = 0;
+        const T* lane_x = block_x + th.row_lane * plan.C + (col0 + th.col_lane) * V;
+        for (int64_t row = th.row_lane; row < rows; row += lanes.row_lanes * kRowsPerStep) {
+          const int step_rows = channels_last_step_rows(rows - row, lanes.row_lanes, kRowsPerStep);
+          ChannelVec<T, V> in[kRowsPerStep][J];
+#pragma unroll
+          for (int u = 0; u < kRowsPerStep; ++u) {
+#pragma unroll
+            for (int j = 0; j < J; ++j) {
+              if (owns[j] && u < step_rows) {
+                in[u][j] = load_channels<T, V>(lane_x + u * lane_stride +
+                                               static_cast<int64_t>(j) * lanes.col_lanes * V);
+              }
+            }
+          }
+          // The step's rows as one batch per channel, folded in by the shifted-data form of
+          // Chan's formula: with d = v - mean (the running mean; the batch's first value on the
+          // first step, when any shift is exact), S1 = sum d, S2 = sum d^2 and n the count after
+          // the step, mean += S1 / n and M2 += S2 - S1^2 / n. The shift keeps d at the scale of
+          // the spread (no cancellation for a large mean); 1 / n is shared by all of the thread's
+          // channels (one division per step, none per element), and each value is used once.
+          if (count == 0) {
+#pragma unroll
+            for (int j = 0; j < J; ++j) {
+              if (owns[j]) {
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                  mean[j][e] = to_acc(in[0][j].v[e]);
+                }
+              }
+            }
+          }
+          count += step_rows;
+          const acc_t inv_count = acc_t(1) / static_cast<acc_t>(count);
+#pragma unroll
+          for (int j = 0; j < J; ++j) {
+            if (owns[j]) {
+#pragma unroll
+              for (int e = 0; e < V; ++e) {
+                acc_t s1 = 0, s2 = 0;
+#pragma unroll
+                for (int u = 0; u < kRowsPerStep; ++u) {
+                  if (u < step_rows) {
+                    const acc_t d = to_acc(in[u][j].v[e]) - mean[j][e];
+                    s1 += d;
+                    s2 += d * d;
+                  }
+                }
+                const acc_t shift = s1 * inv_count;
+                mean[j][e] += shift;
+                m2[j][e] += s2 - s1 * shift;
+              }
+            }
+          }
+          lane_x += kRowsPerStep * lane_stride;
         }
-        smem[0][lane] = channel;
-        const bool group_head = c % D == 0;
-        // NB: read before the __syncwarp, written after it (by the tile's last group), so lane 0
-        // sees the previous tile's carry even when another lane writes this tile's.
-        const WelfordStat<double> carried =
-            group_head ? WelfordStat<double>{0.0, 0.0, 0} : carry;
-        __syncwarp();
-        if (c < plan.C && (group_head || lane == 0)) {
-          WelfordStat<double> group = carried;
-          int l = lane;
-          int64_t next = c;
-          do {
-            group = welford_merge(group, smem[0][l]);
-            ++l;
-            ++next;
-          } while (l < kWarpSize && next < plan.C && next % D != 0);
-          if (next % D == 0) {
-            partials[channels_last_stat_index(plan, r.segment, split, next / D - 1)] = group;
-          } else {
-            carry = group;  // the group goes on in the next tile
+      }
+
+      // Row lanes -> channels, in double, by a team of threads per channel over the row lanes
+      // that have rows (in lane order, strided by member, then the butterfly).
+      acc_t* lane_mean = reinterpret_cast<acc_t*>(smem);
+      acc_t* lane_m2 = lane_mean + lanes.row_lanes * pass_ch;
+      double* chan_mean = smem + kChannelsLastLaneDoubles;
+      double* chan_m2 = chan_mean + pass_ch;
+      __syncthreads();  // the previous pass (or block) is done with smem
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        if (owns[j]) {
+          const int64_t at = th.row_lane * pass_ch + (j * lanes.col_lanes + th.col_lane) * V;
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            lane_mean[at + e] = mean[j][e];
+            lane_m2[at + e] = m2[j][e];
           }
         }
       }
       __syncthreads();
+      const int64_t rows_used = min_i64(lanes.row_lanes, rows);
+      const LaneRows counts = lane_rows(rows, lanes.row_lanes);
+      const int team = team_size_for(pass_ch, rows_used);
+      const int member = threadIdx.x % team;
+      for (int64_t ch0 = 0; ch0 < pass_ch; ch0 += kBlockThreads / team) {  // block-uniform
+        const int64_t ch = ch0 + threadIdx.x / team;
+        const bool valid = ch < pass_ch;
+        double sum = 0;
+        for (int64_t lane = member; valid && lane < rows_used; lane += team) {
+          sum += static_cast<double>(counts.of(lane)) *
+                 static_cast<double>(lane_mean[lane * pass_ch + ch]);
+        }
+        const double m = team_sum_xor(sum, team) / static_cast<double>(rows);
+        double m2_sum = 0;
+        for (int64_t lane = member; valid && lane < rows_used; lane += team) {
+          const double d = static_cast<double>(lane_mean[lane * pass_ch + ch]) - m;
+          m2_sum += static_cast<double>(lane_m2[lane * pass_ch + ch]) +
+                    static_cast<double>(counts.of(lane)) * d * d;
+        }
+        m2_sum = team_sum_xor(m2_sum, team);
+        if (valid && member == 0) {
+          chan_mean[ch] = m;
+          chan_m2[ch] = m2_sum;
+        }
+      }
+      __syncthreads();
+
+      // Channels -> groups: the segment of each group inside this pass, by a team of threads.
+      const int64_t c_begin = col0 * V;
+      const int64_t c_end = c_begin + pass_ch;
+      const int64_t g_first = c_begin / D;
+      const int64_t segs = (c_end - 1) / D - g_first + 1;
+      const int gteam = team_size_for(segs, min_i64(D, pass_ch));
+      const int gmember = threadIdx.x % gteam;
+      for (int64_t s0 = 0; s0 < segs; s0 += kBlockThreads / gteam) {  // block-uniform
+        const int64_t s = s0 + threadIdx.x / gteam;
+        const int64_t g = g_first + s;
+        const bool valid = s < segs;
+        // channels [lo, hi) of the pass
+        const int64_t lo = valid ? (g * D > c_begin ? g * D : c_begin) - c_begin : 0;
+        const int64_t hi = valid ? min_i64(g * D + D, c_end) - c_begin : 0;
+        double sum = 0;
+        for (int64_t ch = lo + gmember; ch < hi; ch += gteam) {
+          sum += chan_mean[ch];
+        }
+        sum = team_sum_xor(sum, gteam);
+        const double seg_mean = valid ? sum / static_cast<double>(hi - lo) : 0.0;
+        double m2_sum = 0;
+        for (int64_t ch = lo + gmember; ch < hi; ch += gteam) {
+          const double d = chan_mean[ch] - seg_mean;
+          m2_sum += chan_m2[ch] + static_cast<double>(rows) * d * d;
+        }
+        m2_sum = team_sum_xor(m2_sum, gteam);
+        if (valid && gmember == 0) {
+          WelfordStat<double> stat{seg_mean, m2_sum, (hi - lo) * rows};
+          if (g * D < c_begin) {  // the group began in the previous pass
+            stat = welford_merge(carry[(pass + 1) & 1], stat);
+          }
+          if (g * D + D <= c_end) {
+            partials[channels_last_stat_index(plan, r.segment, split, g)] = stat;
+          } else {
+            carry[pass & 1] = stat;
+          }
+        }
+      }
     }
   }
 }
 
-// Channels-last backward sums, laid out like channels_last_stats_kernel.
-template <typename T>
-__global__ void __launch_bounds__(kBlockThreads)
+// Channels-last backward sums: one (ds, db) partial per (n, split, c), ds = sum dy * (x - mean),
+// db = sum dy. Per thread and owned channel in double: a thread sums a channel over up to
+// rows_per_split / row_lanes positions one after the other (thousands at batch 1), whose fp32 sum
+// drifts (db was off by 5x torch's error). Then per channel over the row lanes, in lane order.
+template <typename T, int V, int J>
+__global__ void __launch_bounds__(kBlockThreads, kChannelsLastMinBlocks)
     channels_last_grad_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                   const acc_type<T>* __restrict__ mean, ChannelsLastReducePlan plan,
-                                   int64_t G, int64_t D, acc_type<T>* __restrict__ partials) {
+                                   const acc_type<T>* __restrict__ mean,
+                                   ChannelsLastReducePlan plan, ChannelsLastLanes lanes, int64_t G,
+                                   int64_t D, acc_type<T>* __restrict__ partials) {
   using acc_t = acc_type<T>;
-  __shared__ double smem[kBlockWarps][2 * kWarpSize];
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
+  constexpr int kRowsPerStep = kChannelsLastRowsPerStep<T, V, J, 2>;
+  __shared__ double smem[kChannelsLastLaneDoubles];
+  const ChannelsLastThread th = channels_last_thread(lanes);
+  const int64_t lane_stride = static_cast<int64_t>(lanes.row_lanes) * plan.C;
   for (int64_t b = blockIdx.x; b < plan.blocks; b += gridDim.x) {
     const Range r = channels_last_block(plan, b);
     const int64_t split = b - r.segment * plan.splits;
-    const int64_t offset = r.segment * plan.HxW * plan.C;
-    for (int64_t c0 = 0; c0 < plan.C; c0 += kWarpSize) {
-      const int64_t c = c0 + lane;
-      // NB: added in double: a lane sums one channel over (end - begin) / 8 positions one after
-      // the other (thousands at batch 1), whose fp32 sum drifts (db off by 5x torch's error).
-      double ds = 0, db = 0;
-      if (c < plan.C) {
-        const acc_t m = mean[r.segment * G + c / D];
-        for (int64_t row = r.begin + warp; row < r.end; row += kBlockWarps) {
-          const int64_t i = offset + row * plan.C + c;
-          const acc_t g = to_acc(dy[i]);
-          ds += static_cast<double>(g * (to_acc(x[i]) - m));
-          db += static_cast<double>(g);
+    const int64_t rows = r.end - r.begin;
+    const int64_t block_offset = (r.segment * plan.HxW + r.begin) * plan.C;
+    for (int64_t pass = 0; pass < lanes.passes; ++pass) {
+      const int64_t col0 = pass * lanes.pass_cols;
+      const int64_t pass_cols = min_i64(lanes.pass_cols, lanes.cols - col0);
+      const int64_t pass_ch = pass_cols * V;
+      bool owns[J];
+      acc_t m[J][V];
+      double ds[J][V], db[J][V];
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int64_t col = j * lanes.col_lanes + th.col_lane;
+        owns[j] = th.has_rows && col < pass_cols;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          // channel c = (col0 + col) * V + e belongs to group n * G + c / D
+          m[j][e] = owns[j] ? mean[r.segment * G + ((col0 + col) * V + e) / D] : acc_t(0);
+          ds[j][e] = 0;
+          db[j][e] = 0;
         }
       }
-      smem[warp][2 * lane] = ds;
-      smem[warp][2 * lane + 1] = db;
-      __syncthreads();
-      if (warp == 0 && c < plan.C) {
-        for (int w = 1; w < kBlockWarps; ++w) {
-          ds += smem[w][2 * lane];
-          db += smem[w][2 * lane + 1];
+      if (th.has_rows) {
+        const int64_t lane_offset = block_offset + th.row_lane * plan.C + (col0 + th.col_lane) * V;
+        const T* lane_dy = dy + lane_offset;
+        const T* lane_x = x + lane_offset;
+        for (int64_t row = th.row_lane; row < rows; row += lanes.row_lanes * kRowsPerStep) {
+          const int step_rows = channels_last_step_rows(rows - row, lanes.row_lanes, kRowsPerStep);
+          ChannelVec<T, V> dy_in[kRowsPerStep][J];
+          ChannelVec<T, V> x_in[kRowsPerStep][J];
+#pragma unroll
+          for (int u = 0; u < kRowsPerStep; ++u) {
+#pragma unroll
+            for (int j = 0; j < J; ++j) {
+              if (owns[j] && u < step_rows) {
+                const int64_t at = u * lane_stride + static_cast<int64_t>(j) * lanes.col_lanes * V;
+                dy_in[u][j] = load_channels<T, V>(lane_dy + at);
+                x_in[u][j] = load_channels<T, V>(lane_x + at);
+              }
+            }
+          }
+          // NB: the step's few (<= 8) terms in acc_t, then into the double sums: one conversion
+          // per step, not two per element (64-bit conversions run at 16 a clock per SM).
+#pragma unroll
+          for (int j = 0; j < J; ++j) {
+            if (owns[j]) {
+#pragma unroll
+              for (int e = 0; e < V; ++e) {
+                acc_t step_ds = 0, step_db = 0;
+#pragma unroll
+                for (int u = 0; u < kRowsPerStep; ++u) {
+                  if (u < step_rows) {
+                    const acc_t g = to_acc(dy_in[u][j].v[e]);
+                    step_ds += g * (to_acc(x_in[u][j].v[e]) - m[j][e]);
+                    step_db += g;
+                  }
+                }
+                ds[j][e] += static_cast<double>(step_ds);
+                db[j][e] += static_cast<double>(step_db);
+              }
+            }
+          }
+          lane_dy += kRowsPerStep * lane_stride;
+          lane_x += kRowsPerStep * lane_stride;
         }
-        const int64_t p = channels_last_partial_index(plan, r.segment, split, c);
-        partials[2 * p] = static_cast<acc_t>(ds);
-        partials[2 * p + 1] = static_cast<acc_t>(db);
+      }
+
+      // Row lanes -> channels: a team of threads per channel sums the row lanes that have rows
+      // (in lane order, strided by member, then the butterfly).
+      double* lane_ds = smem;
+      double* lane_db = smem + lanes.row_lanes * pass_ch;
+      __syncthreads();  // the previous pass (or block) is done with smem
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        if (owns[j]) {
+          const int64_t at = th.row_lane * pass_ch + (j * lanes.col_lanes + th.col_lane) * V;
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            lane_ds[at + e] = ds[j][e];
+            lane_db[at + e] = db[j][e];
+          }
+        }
       }
       __syncthreads();
+      const int64_t rows_used = min_i64(lanes.row_lanes, rows);
+      const int team = team_size_for(pass_ch, rows_used);
+      const int member = threadIdx.x % team;
+      for (int64_t ch0 = 0; ch0 < pass_ch; ch0 += kBlockThreads / team) {  // block-uniform
+        const int64_t ch = ch0 + threadIdx.x / team;
+        const bool valid = ch < pass_ch;
+        double sum_ds = 0, sum_db = 0;
+        for (int64_t lane = member; valid && lane < rows_used; lane += team) {
+          sum_ds += lane_ds[lane * pass_ch + ch];
+          sum_db += lane_db[lane * pass_ch + ch];
+        }
+        sum_ds = team_sum_xor(sum_ds, team);
+        sum_db = team_sum_xor(sum_db, team);
+        if (valid && member == 0) {
+          const int64_t p = channels_last_partial_index(plan, r.segment, split, col0 * V + ch);
+          partials[2 * p] = static_cast<acc_t>(sum_ds);
+          partials[2 * p + 1] = static_cast<acc_t>(sum_db);
+        }
+      }
     }
   }
 }
@@ -767,6 +1080,38 @@ __global__ void __launch_bounds__(kBlockThreads)
 // ---------------------------------------------------------------------------------------------
 // Launchers
 
+// Channels per load of the channels-last reductions: kChannelsLastVec<T> when every row of both
+// tensors starts aligned to that many elements (C a multiple of it, aligned bases), else one.
+template <typename T>
+int channels_last_vec(int64_t C, const void* a, const void* b) {
+  constexpr int V = kChannelsLastVec<T>;
+  const uintptr_t bases = reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b);
+  return C % V == 0 && bases % (V * sizeof(T)) == 0 ? V : 1;
+}
+
+// Calls f(vec, slots), as std::integral_constant, for the kernel instantiation of `lanes`: vec is
+// kChannelsLastVec<T> or 1, slots 1 or 2 within kChannelsLastThreadChannels (as
+// make_channels_last_lanes keeps them). False when no instantiation matches (nothing launched).
+template <typename T, typename F>
+bool with_channels_last_layout(const ChannelsLastLanes& lanes, F&& f) {
+  bool launched = false;
+  auto try_layout = [&](auto vec, auto slots) {
+    constexpr int V = decltype(vec)::value;
+    constexpr int J = decltype(slots)::value;
+    if constexpr (J * V <= kChannelsLastThreadChannels) {
+      if (lanes.vec == V && lanes.slots == J) {
+        f(vec, slots);
+        launched = true;
+      }
+    }
+  };
+  try_layout(std::integral_constant<int, kChannelsLastVec<T>>{}, std::integral_constant<int, 1>{});
+  try_layout(std::integral_constant<int, kChannelsLastVec<T>>{}, std::integral_constant<int, 2>{});
+  try_layout(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{});
+  try_layout(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{});
+  return launched;
+}
+
 template <typename T>
 cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_t stream) {
   using acc_t = acc_type<T>;
@@ -774,8 +1119,16 @@ cudaError_t forward(const GroupNormPlan& plan, const ForwardArgs& a, cudaStream_
   auto* partials = static_cast<WelfordStat<double>*>(a.stat_partials);
   auto* coeffs = static_cast<acc_t*>(a.channel_coeffs);
   if (plan.channels_last) {
-    channels_last_stats_kernel<T>
-        <<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(x, plan.cl, plan.D, partials);
+    const ChannelsLastLanes lanes = make_channels_last_lanes(
+        plan.C, channels_last_vec<T>(plan.C, x, x), plan.cl.rows_per_split);
+    const bool launched = with_channels_last_layout<T>(lanes, [&](auto vec, auto slots) {
+      channels_last_stats_kernel<T, decltype(vec)::value, decltype(slots)::value>
+          <<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(x, plan.cl, lanes, plan.D,
+                                                                 partials);
+    });
+    if (!launched) {
+      return cudaErrorInvalidValue;
+    }
   } else if (plan.stats.team_threads == 1) {
     group_stats_kernel<T, 1>
         <<<grid_of(plan.stats.grid), kBlockThreads, 0, stream>>>(x, plan.stats, partials);
@@ -810,8 +1163,16 @@ cudaError_t backward(const GroupNormPlan& plan, const BackwardArgs& a, cudaStrea
   auto* partials = static_cast<acc_t*>(a.sum_partials);
   auto* sums = static_cast<acc_t*>(a.channel_sums);
   if (plan.channels_last) {
-    channels_last_grad_sums_kernel<T><<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(
-        dy, x, mean, plan.cl, plan.G, plan.D, partials);
+    const ChannelsLastLanes lanes = make_channels_last_lanes(
+        plan.C, channels_last_vec<T>(plan.C, dy, x), plan.cl.rows_per_split);
+    const bool launched = with_channels_last_layout<T>(lanes, [&](auto vec, auto slots) {
+      channels_last_grad_sums_kernel<T, decltype(vec)::value, decltype(slots)::value>
+          <<<grid_of(plan.cl.grid), kBlockThreads, 0, stream>>>(dy, x, mean, plan.cl, lanes,
+                                                                 plan.G, plan.D, partials);
+    });
+    if (!launched) {
+      return cudaErrorInvalidValue;
+    }
   } else if (plan.sums.team_threads == 1) {
     grad_sums_kernel<T, 1><<<grid_of(plan.sums.grid), kBlockThreads, 0, stream>>>(
         dy, x, mean, plan.sums, plan.D, partials);
