@@ -958,10 +958,10 @@ __global__ void __launch_bounds__(kBlockThreads) apply_kernel(Op op, ApplyPlan p
 template <typename Op>
 void launch_apply(const GroupNormPlan& plan, const Op& op, cudaStream_t stream) {
   if (plan.channels_last) {
-    apply_kernel<true><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
+    apply_kernel<true, Op><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
                                                                                plan.C);
   } else {
-    apply_kernel<false><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
+    apply_kernel<false, Op><<<grid_of(plan.apply.grid), kBlockThreads, 0, stream>>>(op, plan.apply,
                                                                                 plan.C);
   }
 }

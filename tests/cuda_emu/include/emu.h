@@ -1,0 +1,112 @@
+// Minimal CPU emulation of the CUDA execution model: a block of blockDim.x std::threads, blocks
+// one after another, __syncthreads as a barrier, warp shuffles through per-warp slots.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+#include <memory>
+#include <cassert>
+#include <cstdio>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+extern thread_local dim3 threadIdx;
+extern thread_local dim3 blockIdx;
+extern dim3 blockDim;
+extern dim3 gridDim;
+
+typedef void* cudaStream_t;
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+struct __half { uint16_t x; };
+struct __nv_bfloat16 { uint16_t x; };
+inline float __half2float(__half h) { _Float16 f; std::memcpy(&f, &h.x, 2); return (float)f; }
+inline __half __float2half_rn(float v) { _Float16 f = (_Float16)v; __half h; std::memcpy(&h.x, &f, 2); return h; }
+inline float __bfloat162float(__nv_bfloat16 b) { uint32_t u = uint32_t(b.x) << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline __nv_bfloat16 __float2bfloat16_rn(float v) {
+  uint32_t u; std::memcpy(&u, &v, 4);
+  __nv_bfloat16 b;
+  if (std::isnan(v)) { b.x = 0x7fc0; return b; }
+  u += 0x7fff + ((u >> 16) & 1);
+  b.x = uint16_t(u >> 16);
+  return b;
+}
+
+namespace emu {
+struct Block {
+  int threads;
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+  std::vector<uint64_t> slots;  // 32 per warp
+  explicit Block(int n) : threads(n), bar(n), slots(n) {
+    for (int w = 0; w < n / 32; ++w) warp_bars.emplace_back(new std::barrier<>(32));
+  }
+};
+extern Block* g_block;
+extern long long g_syncs;
+
+template <class T>
+inline T exchange(T v, int src) {
+  static_assert(sizeof(T) <= 8, "");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  g_block->slots[threadIdx.x] = bits;
+  g_block->warp_bars[warp]->arrive_and_wait();
+  T out;
+  uint64_t got = g_block->slots[warp * 32 + src];
+  std::memcpy(&out, &got, sizeof(T));
+  g_block->warp_bars[warp]->arrive_and_wait();
+  (void)lane;
+  return out;
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::g_block->bar.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::g_block->warp_bars[threadIdx.x / 32]->arrive_and_wait(); }
+template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int o) {
+  if (mask != 0xffffffffu) { std::fprintf(stderr, "partial mask\n"); std::abort(); }
+  return emu::exchange(v, (threadIdx.x % 32) ^ o);
+}
+template <class T> inline T __shfl_down_sync(unsigned mask, T v, int o) {
+  if (mask != 0xffffffffu) { std::fprintf(stderr, "partial mask\n"); std::abort(); }
+  const int lane = threadIdx.x % 32;
+  T got = emu::exchange(v, lane + o < 32 ? lane + o : lane);
+  return got;
+}
+template <class T> inline T __shfl_sync(unsigned mask, T v, int src) {
+  if (mask != 0xffffffffu) { std::fprintf(stderr, "partial mask\n"); std::abort(); }
+  return emu::exchange(v, src);
+}
+
+namespace emu {
+struct Cfg { dim3 grid; int block; };
+inline Cfg cfg(dim3 g, int b, int, cudaStream_t) { return {g, b}; }
+template <class F> struct Pending { F f; Cfg c; };
+template <class F> Pending<std::decay_t<F>> operator|(F&& f, Cfg c) { return {f, c}; }
+template <class... A> std::tuple<std::decay_t<A>...> args(A&&... a) { return std::tuple<std::decay_t<A>...>(a...); }
+
+void run_grid(dim3 grid, int block, const std::function<void()>& body);
+
+template <class F, class... A>
+void operator|(Pending<F> p, std::tuple<A...> a) {
+  run_grid(p.c.grid, p.c.block, [&]() { std::apply(p.f, a); });
+}
+}  // namespace emu
+using emu::operator|;
