@@ -73,9 +73,48 @@ __device__ __forceinline__ Pack<T> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T>*>(p);
 }
 
+// NB: one explicit 16-byte store: assigned as a Pack<T>, a pack whose values were computed one by
+// one came out as one store per element (seen in the row-norm kernels' PTX).
 template <typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
-  *reinterpret_cast<Pack<T>*>(p) = v;
+  uint4 u;
+  memcpy(&u, &v, sizeof(u));
+  __stwb(reinterpret_cast<uint4*>(p), u);
+}
+
+// True when p + e is 16-byte aligned (computed on the address: p may be null).
+template <typename A>
+__device__ __forceinline__ bool aligned16_at(const A* p, int64_t e) {
+  return (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(e) * sizeof(A)) % 16 == 0;
+}
+
+// V per-channel parameters from channel e (V a whole number of 16-byte vectors of A): 16-byte
+// loads where `vec` (p + e 16-byte aligned), else one at a time; `fallback` where p is null.
+template <int V, typename A>
+__device__ __forceinline__ void load_params(const A* p, int64_t e, bool vec, A fallback,
+                                            A (&out)[V]) {
+  constexpr int VA = kVec<A>;
+  static_assert(V % VA == 0, "V values are whole 16-byte vectors of A");
+  if (p == nullptr) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      out[k] = fallback;
+    }
+  } else if (vec) {
+#pragma unroll
+    for (int q = 0; q < V / VA; ++q) {
+      const Pack<A> pk = load_pack(p + e + q * VA);
+#pragma unroll
+      for (int k = 0; k < VA; ++k) {
+        out[q * VA + k] = pk.v[k];
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      out[k] = p[e + k];
+    }
+  }
 }
 
 // True when two arrays read or written at the same offsets are both 16-byte aligned at the same

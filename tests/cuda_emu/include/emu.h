@@ -34,6 +34,10 @@ typedef void* cudaStream_t;
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 
+// 16-byte stores (cuda_common.cuh's store_pack) as plain assignments.
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+template <class T> inline void __stwb(T* p, T v) { *p = v; }
+
 struct __half { uint16_t x; };
 struct __nv_bfloat16 { uint16_t x; };
 inline float __half2float(__half h) { _Float16 f; std::memcpy(&f, &h.x, 2); return (float)f; }
