@@ -25,7 +25,8 @@ using Kind = rn::Scalar;
 
 // NB: asked per call of the tensor's device (a cheap driver query), never cached for device 0.
 rn::RowNormPlan plan_for(const RowNormShape& s, const at::Tensor& X) {
-  return rn::make_row_norm_plan(s.M, s.D, sm_count_of(X));
+  return rn::make_row_norm_plan(s.M, s.D, static_cast<int64_t>(X.element_size()),
+                               sm_count_of(X));
 }
 
 void row_norm_forward_cuda_kernel(const RowNormShape& shape, const at::Tensor& X,
