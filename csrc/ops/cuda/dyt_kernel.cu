@@ -1,8 +1,11 @@
 // DyT CUDA kernels: raw pointers and the launch plan of dyt_launch.h, no torch.
 //
-// Forward and dx are elementwise (grid-stride). The parameter gradients and dalpha are reduced
-// deterministically without atomics: fixed per-thread loops, a fixed in-block order, per-block
-// partials, then per-channel and dalpha sums over the partials in block order (dyt_launch.h).
+// Forward and dx are elementwise (grid-stride). The forward goes in 16-byte vectors where x and y
+// are aligned: one element per thread left a single 2- or 4-byte load in flight per thread and
+// found its channel with a 64-bit division per element. The parameter gradients and dalpha are
+// reduced deterministically without atomics: fixed per-thread loops, a fixed in-block order,
+// per-block partials, then per-channel and dalpha sums over the partials in block order
+// (dyt_launch.h).
 #include <cstdint>
 
 #include "common/welford.h"
@@ -58,6 +61,7 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   return total;
 }
 
+// The forward one element at a time: x or y not 16-byte aligned.
 template <typename T>
 __global__ void __launch_bounds__(kDytBlockThreads)
     dyt_forward_kernel(const T* __restrict__ x, T* __restrict__ y, DytPlan p,
@@ -68,6 +72,91 @@ __global__ void __launch_bounds__(kDytBlockThreads)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kDytBlockThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kDytBlockThreads + threadIdx.x; i < p.numel;
        i += stride) {
+    const int64_t c = dyt_channel_of(p, i);
+    const acc_t t = tanh(a * to_acc(x[i]));
+    y[i] = from_acc<T>(t * param_or(gamma, c, acc_t(1)) + param_or(beta, c, acc_t(0)));
+  }
+}
+
+// The forward in 16-byte vectors (x and y 16-byte aligned): each thread loads kDytVecsInFlight
+// vectors before it computes any, and works out the channels once per vector (a vector within one
+// row, or within one plane, has consecutive channels, or one channel; one that straddles a row or
+// plane end, per element). The elements past the last whole vector go one per thread. The values
+// are those of dyt_forward_kernel, element for element.
+constexpr int kDytVecsInFlight = 2;
+
+template <typename T>
+__global__ void __launch_bounds__(kDytBlockThreads)
+    dyt_forward_vec_kernel(const T* __restrict__ x, T* __restrict__ y, DytPlan p,
+                           const acc_type<T>* __restrict__ alpha,
+                           const acc_type<T>* __restrict__ gamma,
+                           const acc_type<T>* __restrict__ beta) {
+  using acc_t = acc_type<T>;
+  constexpr int V = kVec<T>;
+  const acc_t a = alpha[0];
+  const int64_t nvec = p.numel / V;
+  const int64_t threads = static_cast<int64_t>(gridDim.x) * kDytBlockThreads;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kDytBlockThreads + threadIdx.x;
+  for (int64_t base = first; base < nvec; base += kDytVecsInFlight * threads) {
+    Pack<T> in[kDytVecsInFlight];
+#pragma unroll
+    for (int u = 0; u < kDytVecsInFlight; ++u) {
+      const int64_t v = base + u * threads;
+      if (v < nvec) {
+        in[u] = load_pack(x + v * V);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kDytVecsInFlight; ++u) {
+      const int64_t v = base + u * threads;
+      if (v >= nvec) {
+        continue;
+      }
+      const int64_t i = v * V;
+      acc_t g[V], b[V];
+      if (!p.planes) {
+        const int64_t c0 = i % p.C;
+        if (c0 + V <= p.C) {
+          load_params(gamma, c0, aligned16_at(gamma, c0), acc_t(1), g);
+          load_params(beta, c0, aligned16_at(beta, c0), acc_t(0), b);
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            const int64_t c = (i + k) % p.C;
+            g[k] = param_or(gamma, c, acc_t(1));
+            b[k] = param_or(beta, c, acc_t(0));
+          }
+        }
+      } else {
+        const int64_t plane = i / p.inner;
+        if (i - plane * p.inner + V <= p.inner) {
+          const int64_t c = plane % p.C;
+          const acc_t gc = param_or(gamma, c, acc_t(1)), bc = param_or(beta, c, acc_t(0));
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            g[k] = gc;
+            b[k] = bc;
+          }
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            const int64_t c = ((i + k) / p.inner) % p.C;
+            g[k] = param_or(gamma, c, acc_t(1));
+            b[k] = param_or(beta, c, acc_t(0));
+          }
+        }
+      }
+      Pack<T> out;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const acc_t t = tanh(a * to_acc(in[u].v[k]));
+        out.v[k] = from_acc<T>(t * g[k] + b[k]);
+      }
+      store_pack(y + i, out);
+    }
+  }
+  const int64_t i = nvec * V + first;
+  if (i < p.numel) {
     const int64_t c = dyt_channel_of(p, i);
     const acc_t t = tanh(a * to_acc(x[i]));
     y[i] = from_acc<T>(t * param_or(gamma, c, acc_t(1)) + param_or(beta, c, acc_t(0)));
@@ -217,10 +306,23 @@ __global__ void __launch_bounds__(kDytBlockThreads)
 template <typename T>
 cudaError_t forward_for(const DytPlan& plan, const DytForwardArgs& args, cudaStream_t stream) {
   using acc_t = acc_type<T>;
-  dyt_forward_kernel<T><<<grid_of(plan.elem_grid), kDytBlockThreads, 0, stream>>>(
-      static_cast<const T*>(args.x), static_cast<T*>(args.y), plan,
-      static_cast<const acc_t*>(args.alpha), static_cast<const acc_t*>(args.gamma),
-      static_cast<const acc_t*>(args.beta));
+  const auto* x = static_cast<const T*>(args.x);
+  auto* y = static_cast<T*>(args.y);
+  const auto* alpha = static_cast<const acc_t*>(args.alpha);
+  const auto* gamma = static_cast<const acc_t*>(args.gamma);
+  const auto* beta = static_cast<const acc_t*>(args.beta);
+  if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 16 != 0) {
+    dyt_forward_kernel<T><<<grid_of(plan.elem_grid), kDytBlockThreads, 0, stream>>>(
+        x, y, plan, alpha, gamma, beta);
+    return cudaGetLastError();
+  }
+  // NB: kDytVecsInFlight vectors per thread (the grid strides over any more); at least one block,
+  // which also takes the elements past the last whole vector.
+  const int64_t per_block = static_cast<int64_t>(kDytVecsInFlight) * kDytBlockThreads * kVec<T>;
+  const int64_t blocks = dyt_ceil_div(plan.numel, per_block);
+  const int64_t grid = blocks < 1 ? 1 : (blocks > plan.elem_grid ? plan.elem_grid : blocks);
+  dyt_forward_vec_kernel<T><<<grid_of(grid), kDytBlockThreads, 0, stream>>>(x, y, plan, alpha,
+                                                                            gamma, beta);
   return cudaGetLastError();
 }
 
