@@ -68,8 +68,15 @@ struct alignas(16) Pack {
   T v[kVec<T>];
 };
 
+// A GPU faults on a misaligned 16-byte access; the CPU emulator of tests/cuda_emu would not, so
+// it defines this to check each pack's address.
+#ifndef NORMEXT_CHECK_ALIGNED16
+#define NORMEXT_CHECK_ALIGNED16(p)
+#endif
+
 template <typename T>
 __device__ __forceinline__ Pack<T> load_pack(const T* p) {
+  NORMEXT_CHECK_ALIGNED16(p);
   return *reinterpret_cast<const Pack<T>*>(p);
 }
 
@@ -77,6 +84,7 @@ __device__ __forceinline__ Pack<T> load_pack(const T* p) {
 // one came out as one store per element (seen in the row-norm kernels' PTX).
 template <typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
+  NORMEXT_CHECK_ALIGNED16(p);
   uint4 u;
   memcpy(&u, &v, sizeof(u));
   __stwb(reinterpret_cast<uint4*>(p), u);

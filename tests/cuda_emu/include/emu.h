@@ -38,6 +38,17 @@ inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 template <class T> inline void __stwb(T* p, T v) { *p = v; }
 
+// The 16-byte loads and stores of cuda_common.cuh (load_pack, store_pack) fault on a GPU when
+// misaligned; the CPU would not notice.
+#define NORMEXT_CHECK_ALIGNED16(p)                                                           \
+  do {                                                                                       \
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {                                          \
+      std::fprintf(stderr, "misaligned 16-byte access at %p (%s:%d)\n", (const void*)(p), \
+                   __FILE__, __LINE__);                                                      \
+      std::abort();                                                                          \
+    }                                                                                        \
+  } while (0)
+
 struct __half { uint16_t x; };
 struct __nv_bfloat16 { uint16_t x; };
 inline float __half2float(__half h) { _Float16 f; std::memcpy(&f, &h.x, 2); return (float)f; }
