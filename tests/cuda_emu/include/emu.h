@@ -49,6 +49,12 @@ template <class T> inline void __stwb(T* p, T v) { *p = v; }
     }                                                                                        \
   } while (0)
 
+using std::isfinite;  // NB: device code calls it unqualified
+// NB: the kernels use these to keep a product from being fused into a later add; plain C++
+// without -ffp-contract (no FMA in the default x86-64 target) rounds each product anyway.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+
 struct __half { uint16_t x; };
 struct __nv_bfloat16 { uint16_t x; };
 inline float __half2float(__half h) { _Float16 f; std::memcpy(&f, &h.x, 2); return (float)f; }
