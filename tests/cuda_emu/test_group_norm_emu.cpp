@@ -9,7 +9,7 @@
 using namespace normext;
 using namespace normext::cuda;
 
-namespace emu { extern unsigned g_max_blocks; }
+
 
 template <class T> T from_d(double v);
 template <> float from_d<float>(double v) { return (float)v; }

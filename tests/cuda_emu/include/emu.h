@@ -1,18 +1,21 @@
-// Minimal CPU emulation of the CUDA execution model: a block of blockDim.x std::threads, blocks
-// one after another, __syncthreads as a barrier, warp shuffles through per-warp slots.
+// Minimal CPU emulation of the CUDA execution model: a block of blockDim.x threads, run as
+// cooperative fibers on one OS thread (ucontext), blocks one after another; __syncthreads is a
+// barrier of the block's fibers, warp shuffles go through per-warp slots and a warp barrier.
+// A fiber runs until it reaches a barrier, then the next one runs (order: emu::g_sched_order), so
+// a missing barrier shows as a result that depends on that order. A barrier that can never
+// complete (some threads of the block or warp returned, or wait elsewhere) aborts with a message.
 #pragma once
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 #include <memory>
 #include <cassert>
 #include <cstdio>
+#include <cstdlib>
 
 #define __global__
 #define __device__
@@ -25,8 +28,8 @@ struct dim3 {
   unsigned x, y, z;
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-extern thread_local dim3 threadIdx;
-extern thread_local dim3 blockIdx;
+extern dim3 threadIdx;  // of the running fiber (set by the scheduler at every switch)
+extern dim3 blockIdx;
 extern dim3 blockDim;
 extern dim3 gridDim;
 
@@ -70,37 +73,34 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
 }
 
 namespace emu {
-struct Block {
-  int threads;
-  std::barrier<> bar;
-  std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
-  std::vector<uint64_t> slots;  // 32 per warp
-  explicit Block(int n) : threads(n), bar(n), slots(n) {
-    for (int w = 0; w < n / 32; ++w) warp_bars.emplace_back(new std::barrier<>(32));
-  }
-};
-extern Block* g_block;
-extern long long g_syncs;
+// The order the scheduler resumes a block's fibers in after a barrier: 0 by thread index,
+// 1 reversed, 2 a fixed pseudo-random permutation per block. Env EMU_SCHED=0|1|2 sets it too.
+extern int g_sched_order;
+// Grid cap: the kernels are grid-stride loops, so at most this many blocks are emulated (the
+// kernels see the capped gridDim). Env EMU_MAX_BLOCKS sets it too.
+extern unsigned g_max_blocks;
+extern uint64_t* g_slots;      // one per thread of the block: the shuffle exchange
+void block_sync();             // __syncthreads of the running fiber
+void warp_sync(int warp);      // every lane of `warp` arrives
 
 template <class T>
 inline T exchange(T v, int src) {
   static_assert(sizeof(T) <= 8, "");
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warp = threadIdx.x / 32;
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  g_block->slots[threadIdx.x] = bits;
-  g_block->warp_bars[warp]->arrive_and_wait();
+  g_slots[threadIdx.x] = bits;
+  warp_sync(warp);
   T out;
-  uint64_t got = g_block->slots[warp * 32 + src];
+  uint64_t got = g_slots[warp * 32 + src];
   std::memcpy(&out, &got, sizeof(T));
-  g_block->warp_bars[warp]->arrive_and_wait();
-  (void)lane;
+  warp_sync(warp);
   return out;
 }
 }  // namespace emu
 
-inline void __syncthreads() { emu::g_block->bar.arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::g_block->warp_bars[threadIdx.x / 32]->arrive_and_wait(); }
+inline void __syncthreads() { emu::block_sync(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(threadIdx.x / 32); }
 template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int o) {
   if (mask != 0xffffffffu) { std::fprintf(stderr, "partial mask\n"); std::abort(); }
   return emu::exchange(v, (threadIdx.x % 32) ^ o);
