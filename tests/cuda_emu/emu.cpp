@@ -1,6 +1,9 @@
 // The emulator's scheduler (include/emu.h): a block's threads are fibers on the calling OS thread.
-// A fiber runs until it waits at a barrier (__syncthreads, or a warp's shuffle), then the
-// scheduler resumes the next one; a barrier completes when its last member arrives. Fibers switch
+// The scheduler always resumes the runnable fiber of highest priority (the order g_sched_order
+// gives) and runs it until it waits at a barrier (__syncthreads, or a warp's shuffle); a barrier
+// completes when its last member arrives, which then yields too. So the first thread runs as far
+// ahead of the others as the barriers let it (whole warps run ahead of the others between block
+// barriers), and a second run in the reverse order flips every such race. Fibers switch
 // by a few instructions on x86-64 (emu_switch below: callee-saved registers, the stack pointer,
 // MXCSR and the x87 control word), else, or where the process runs with a shadow stack, by
 // ucontext (whose swapcontext costs a system call a switch: about 5x slower).
@@ -69,11 +72,13 @@ struct Sched {
   std::vector<void*> sp;  // emu_switch: saved stack pointers
   void* main_sp = nullptr;
   std::vector<char> done;
-  std::vector<int> order;
+  std::vector<int> order;      // priority: order[0] first
+  std::vector<int> wait_kind;  // 0 runnable, 1 at __syncthreads, 2 + w at warp w's barrier
+  std::vector<uint64_t> wait_gen;  // the barrier's generation it waits to pass
+  uint64_t completions = 0;    // barriers completed
   std::vector<uint64_t> slots;
   int current = 0;
   int exited = 0;
-  uint64_t progress = 0;  // barrier arrivals and exits: a round without any is a deadlock
   int bar_count = 0;
   uint64_t bar_gen = 0;
   std::vector<int> warp_count, warp_exited;
@@ -100,10 +105,11 @@ void yield() {
 
 void fiber_main() {
   (*s.body)();
+  if (s.bar_count > 0) fail("returned while other threads of the block wait at __syncthreads");
+  if (s.warp_count[s.current / 32] > 0) fail("returned while other lanes of the warp wait at a shuffle or __syncwarp");
   s.done[s.current] = 1;
   ++s.exited;
   ++s.warp_exited[s.current / 32];
-  ++s.progress;
   // ucontext: returns to uc_link, the scheduler
 }
 
@@ -176,29 +182,38 @@ void reserve(int threads) {
 }
 }  // namespace
 
+// Arrival at a barrier of `members` threads (count, gen): the last one completes it and yields as
+// runnable (a thread of higher priority may go first), the others wait until it completes.
+void arrive(int& count, uint64_t& gen, int members, int kind) {
+  if (++count == members) {
+    count = 0;
+    ++gen;
+    ++s.completions;
+    s.wait_kind[s.current] = 0;
+  } else {
+    s.wait_kind[s.current] = kind;
+    s.wait_gen[s.current] = gen;
+  }
+  yield();
+}
+
 void block_sync() {
   if (s.exited > 0) fail("__syncthreads after some threads of the block returned");
-  const uint64_t gen = s.bar_gen;
-  ++s.progress;
-  if (++s.bar_count == s.threads) {
-    s.bar_count = 0;
-    ++s.bar_gen;
-    return;
-  }
-  while (s.bar_gen == gen) yield();
+  arrive(s.bar_count, s.bar_gen, s.threads, 1);
 }
 
 void warp_sync(int warp) {
   if (s.warp_exited[warp] > 0) fail("warp barrier or shuffle after some lanes of the warp returned");
-  const uint64_t gen = s.warp_gen[warp];
-  ++s.progress;
-  if (++s.warp_count[warp] == 32) {
-    s.warp_count[warp] = 0;
-    ++s.warp_gen[warp];
-    return;
-  }
-  while (s.warp_gen[warp] == gen) yield();
+  arrive(s.warp_count[warp], s.warp_gen[warp], 32, 2 + warp);
 }
+
+namespace {
+bool runnable(int t) {
+  if (s.done[t]) return false;
+  const int k = s.wait_kind[t];
+  return k == 0 || (k == 1 ? s.bar_gen : s.warp_gen[k - 2]) != s.wait_gen[t];
+}
+}  // namespace
 
 void run_grid(dim3 grid, int block, const std::function<void()>& body) {
   if (const char* e = std::getenv("EMU_MAX_BLOCKS")) g_max_blocks = unsigned(std::atoi(e));
@@ -218,6 +233,8 @@ void run_grid(dim3 grid, int block, const std::function<void()>& body) {
   s.sp.resize(block);
   s.done.assign(block, 0);
   s.order.resize(block);
+  s.wait_kind.assign(block, 0);
+  s.wait_gen.assign(block, 0);
   s.slots.assign(block, 0);
   g_slots = s.slots.data();
   const int warps = block / 32;
@@ -234,24 +251,25 @@ void run_grid(dim3 grid, int block, const std::function<void()>& body) {
       }
     }
     std::fill(s.done.begin(), s.done.end(), 0);
+    std::fill(s.wait_kind.begin(), s.wait_kind.end(), 0);
     s.exited = 0;
     s.bar_count = 0;
     s.warp_count.assign(warps, 0);
     s.warp_exited.assign(warps, 0);
     s.warp_gen.assign(warps, 0);
     for (int t = 0; t < block; ++t) start_fiber(t);
+    // NB: every fiber before order[i] is not runnable; only a completed barrier changes that.
     int live = block;
-    while (live > 0) {
-      const uint64_t before = s.progress;
-      for (int i = 0; i < block; ++i) {
-        const int t = s.order[i];
-        if (s.done[t]) continue;
-        s.current = t;
-        threadIdx = dim3(t);
-        resume_fiber(t);
-        if (s.done[t]) --live;
-      }
-      if (live > 0 && s.progress == before) fail("deadlock: every live thread waits at a barrier that cannot complete");
+    for (int i = 0; live > 0;) {
+      while (i < block && !runnable(s.order[i])) ++i;
+      if (i == block) fail("deadlock: every live thread waits at a barrier that cannot complete");
+      const int t = s.order[i];
+      const uint64_t completions = s.completions;
+      s.current = t;
+      threadIdx = dim3(t);
+      resume_fiber(t);
+      if (s.done[t]) --live;
+      if (s.completions != completions) i = 0;
     }
   }
   g_slots = nullptr;

@@ -1,9 +1,12 @@
 // Minimal CPU emulation of the CUDA execution model: a block of blockDim.x threads, run as
-// cooperative fibers on one OS thread (ucontext), blocks one after another; __syncthreads is a
-// barrier of the block's fibers, warp shuffles go through per-warp slots and a warp barrier.
-// A fiber runs until it reaches a barrier, then the next one runs (order: emu::g_sched_order), so
-// a missing barrier shows as a result that depends on that order. A barrier that can never
-// complete (some threads of the block or warp returned, or wait elsewhere) aborts with a message.
+// cooperative fibers on one OS thread, blocks one after another; __syncthreads is a barrier of
+// the block's fibers, warp shuffles go through per-warp slots and a warp barrier. The runnable
+// fiber of highest priority (emu::g_sched_order) runs until it reaches a barrier, so a missing
+// barrier shows as a result that depends on that order. A barrier that can never complete (some
+// threads of the block or warp returned, or wait elsewhere) aborts with a message. Not emulated:
+// the memory model (every write is seen at once), timing, occupancy, launch limits, shared
+// memory size, and the lanes of a warp run apart except at shuffles (as independent thread
+// scheduling allows).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -73,8 +76,8 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
 }
 
 namespace emu {
-// The order the scheduler resumes a block's fibers in after a barrier: 0 by thread index,
-// 1 reversed, 2 a fixed pseudo-random permutation per block. Env EMU_SCHED=0|1|2 sets it too.
+// The priority of a block's fibers: 0 by thread index (thread 0 first), 1 reversed, 2 a fixed
+// pseudo-random permutation per block. Env EMU_SCHED=0|1|2 sets it too.
 extern int g_sched_order;
 // Grid cap: the kernels are grid-stride loops, so at most this many blocks are emulated (the
 // kernels see the capped gridDim). Env EMU_MAX_BLOCKS sets it too.
