@@ -419,6 +419,8 @@ void run_all(const std::string& which) {
     run_case<T>({.N = 2, .C = 302, .HxW = 8, .G = 2, .cl = true, .ox = 1, .ody = 1, .oy = 1});
     run_case<T>({.N = 1, .C = 1280, .HxW = 200, .G = 32, .cl = true, .what = "50 splits: warp finalize and channel sums"});
     run_case<T>({.N = 1, .C = 64, .HxW = 64 * 64, .G = 32, .cl = true, .what = "64 splits: warp channel sums"});
+    run_case<T>({.N = 1, .C = 64, .HxW = 16 * 64, .G = 32, .cl = true, .what = "16 splits: thread finalize and channel sums"});
+    run_case<T>({.N = 1, .C = 64, .HxW = 17 * 64, .G = 32, .cl = true, .what = "17 splits: warp finalize and channel sums"});
     run_case<T>({.N = 3, .C = 40, .HxW = 1000, .G = 4, .cl = true, .sms = 1, .what = "few large blocks"});
     run_case<T>({.N = 2, .C = 64, .HxW = 300, .G = 8, .cl = true, .max_blocks = 3, .what = "grid-strided blocks"});
     // Channels-last apply over tiles of one sample (HxW * C >= 4096): heads, wrapping vectors.
@@ -432,6 +434,7 @@ void run_all(const std::string& which) {
     run_case<T>({.N = 5, .C = 16, .HxW = 16, .G = 16, .what = "groups of 16"});
     run_case<T>({.N = 2, .C = 8, .HxW = 2, .G = 1, .what = "group of 16, rows of 2"});
     run_case<T>({.N = 300, .C = 8, .HxW = 3, .G = 8, .what = "2400 groups of 3: grid stride"});
+    run_case<T>({.N = 1, .C = 4096, .HxW = 1, .G = 32, .what = "HxW 1: warp groups, rows of one"});
     run_case<T>({.N = 7, .C = 10, .HxW = 5, .G = 5, .ox = 1, .ody = 1, .oy = 1, .what = "odd, misaligned"});
     // Warp teams (groups of 17 .. 2048 elements).
     run_case<T>({.N = 2, .C = 6, .HxW = 7, .G = 2, .what = "D*HxW 21 (odd)"});
