@@ -11,6 +11,7 @@
 //
 // usage: test_batch_norm_emu [small|big|all] [f32,f64,f16,bf16]
 #include "include/emu.h"
+#include "include/emu_test_util.h"
 #include "batch_norm_kernel_emu.cpp"
 
 #include <algorithm>
@@ -27,40 +28,7 @@ namespace emu { extern unsigned g_max_blocks; }
 
 namespace {
 
-template <class T> T from_d(double v);
-template <> float from_d<float>(double v) { return (float)v; }
-template <> double from_d<double>(double v) { return v; }
-template <> __half from_d<__half>(double v) { return __float2half_rn((float)v); }
-template <> __nv_bfloat16 from_d<__nv_bfloat16>(double v) { return __float2bfloat16_rn((float)v); }
-double to_d(float v) { return v; }
-double to_d(double v) { return v; }
-double to_d(__half v) { return __half2float(v); }
-double to_d(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T> ScalarKind kind_of();
-template <> ScalarKind kind_of<float>() { return ScalarKind::Float; }
-template <> ScalarKind kind_of<double>() { return ScalarKind::Double; }
-template <> ScalarKind kind_of<__half>() { return ScalarKind::Half; }
-template <> ScalarKind kind_of<__nv_bfloat16>() { return ScalarKind::BFloat16; }
-template <class T> const char* name_of();
-template <> const char* name_of<float>() { return "f32"; }
-template <> const char* name_of<double>() { return "f64"; }
-template <> const char* name_of<__half>() { return "f16"; }
-template <> const char* name_of<__nv_bfloat16>() { return "bf16"; }
-// Machine epsilon (2^(1 - significand bits)), twice the unit roundoff of one rounding.
-template <class T> constexpr double eps_of() {
-  if constexpr (std::is_same_v<T, double>) return 0x1p-52;
-  else if constexpr (std::is_same_v<T, float>) return 0x1p-23;
-  else if constexpr (std::is_same_v<T, __half>) return 0x1p-10;
-  else return 0x1p-7;
-}
-// The smallest subnormal: the absolute rounding error of a tiny y or dx stored in T is half of it
-// (fp16 rounds anything under 6.1e-5 to a multiple of 2^-24).
-template <class T> constexpr double denorm_of() {
-  if constexpr (std::is_same_v<T, double>) return 0x1p-1074;
-  else if constexpr (std::is_same_v<T, float>) return 0x1p-149;
-  else if constexpr (std::is_same_v<T, __half>) return 0x1p-24;
-  else return 0x1p-133;
-}
+template <class T> constexpr ScalarKind kind_of() { return scalar_kind<ScalarKind, T>(); }
 
 int g_fail = 0;
 

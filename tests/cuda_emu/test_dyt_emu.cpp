@@ -3,6 +3,7 @@
 // unaligned), for both layouts, channel counts that are and are not whole vectors (vectors that
 // straddle a row or plane end), parameters absent or unaligned, and a tail past the last vector.
 #include "include/emu.h"
+#include "include/emu_test_util.h"
 #include "dyt_kernel_emu.cpp"
 
 #include <cstdlib>
@@ -12,25 +13,7 @@
 using namespace normext;
 using namespace normext::cuda;
 
-template <class T> T from_d(double v);
-template <> float from_d<float>(double v) { return (float)v; }
-template <> double from_d<double>(double v) { return v; }
-template <> __half from_d<__half>(double v) { return __float2half_rn((float)v); }
-template <> __nv_bfloat16 from_d<__nv_bfloat16>(double v) { return __float2bfloat16_rn((float)v); }
-double to_d(float v) { return v; }
-double to_d(double v) { return v; }
-double to_d(__half v) { return __half2float(v); }
-double to_d(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T> DytScalarKind kind_of();
-template <> DytScalarKind kind_of<float>() { return DytScalarKind::Float; }
-template <> DytScalarKind kind_of<double>() { return DytScalarKind::Double; }
-template <> DytScalarKind kind_of<__half>() { return DytScalarKind::Half; }
-template <> DytScalarKind kind_of<__nv_bfloat16>() { return DytScalarKind::BFloat16; }
-template <class T> const char* name_of();
-template <> const char* name_of<float>() { return "f32"; }
-template <> const char* name_of<double>() { return "f64"; }
-template <> const char* name_of<__half>() { return "f16"; }
-template <> const char* name_of<__nv_bfloat16>() { return "bf16"; }
+template <class T> constexpr DytScalarKind kind_of() { return scalar_kind<DytScalarKind, T>(); }
 
 int g_fail = 0;
 

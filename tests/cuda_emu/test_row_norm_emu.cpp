@@ -4,6 +4,7 @@
 // (the re-reading kernels), rows too long for the registers, parameters read one at a time, the
 // exact-double fallbacks, and a second run bitwise identical to the first.
 #include "include/emu.h"
+#include "include/emu_test_util.h"
 #include "layer_norm_kernel_emu.cpp"
 
 #include <cstdlib>
@@ -13,27 +14,7 @@
 using namespace normext;
 using namespace normext::cuda::row_norm;
 
-template <class T> T from_d(double v);
-template <> float from_d<float>(double v) { return (float)v; }
-template <> double from_d<double>(double v) { return v; }
-template <> __half from_d<__half>(double v) { return __float2half_rn((float)v); }
-template <> __nv_bfloat16 from_d<__nv_bfloat16>(double v) { return __float2bfloat16_rn((float)v); }
-double to_d(float v) { return v; }
-double to_d(double v) { return v; }
-double to_d(__half v) { return __half2float(v); }
-double to_d(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T> Scalar kind_of();
-template <> Scalar kind_of<float>() { return Scalar::Float; }
-template <> Scalar kind_of<double>() { return Scalar::Double; }
-template <> Scalar kind_of<__half>() { return Scalar::Half; }
-template <> Scalar kind_of<__nv_bfloat16>() { return Scalar::BFloat16; }
-template <class T> const char* name_of();
-template <> const char* name_of<float>() { return "f32"; }
-template <> const char* name_of<double>() { return "f64"; }
-template <> const char* name_of<__half>() { return "f16"; }
-template <> const char* name_of<__nv_bfloat16>() { return "bf16"; }
-template <class T> double eps_of() { return sizeof(T) == 2 ? (std::is_same_v<T, __half> ? 9.8e-4 : 7.9e-3)
-                                             : sizeof(T) == 4 ? 1.2e-7 : 2.3e-16; }
+template <class T> constexpr Scalar kind_of() { return scalar_kind<Scalar, T>(); }
 
 int g_fail = 0;
 

@@ -384,33 +384,6 @@ __device__ __forceinline__ void for_each_element(const BatchNormPlan& p, bool al
   }
 }
 
-template <int W, typename T>
-__device__ __forceinline__ void load_values(const T* p, int64_t o, acc_type<T> (&out)[W]) {
-  if constexpr (W == 1) {
-    out[0] = to_acc(p[o]);
-  } else {
-    const Pack<T> pk = load_pack(p + o);
-#pragma unroll
-    for (int k = 0; k < W; ++k) {
-      out[k] = to_acc(pk.v[k]);
-    }
-  }
-}
-
-template <int W, typename T>
-__device__ __forceinline__ void store_values(T* p, int64_t o, const acc_type<T> (&in)[W]) {
-  if constexpr (W == 1) {
-    p[o] = from_acc<T>(in[0]);
-  } else {
-    Pack<T> pk;
-#pragma unroll
-    for (int k = 0; k < W; ++k) {
-      pk.v[k] = from_acc<T>(in[k]);
-    }
-    store_pack(p + o, pk);
-  }
-}
-
 __device__ __forceinline__ bool aligned16(const void* a) {
   return (reinterpret_cast<uintptr_t>(a) & 15u) == 0;
 }
@@ -424,13 +397,13 @@ __global__ void __launch_bounds__(kBlockThreads)
   for_each_element<T>(p, aligned16(x) && aligned16(y), [&](int64_t o, auto w, ChannelCursor cur) {
     constexpr int W = decltype(w)::value;
     acc_t v[W];
-    load_values<W>(x, o, v);
+    load_acc<W>(x, o, v);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       v[k] = (v[k] - mean[cur.c]) * scale[cur.c] + shift[cur.c];
       cur.next();
     }
-    store_values<W>(y, o, v);
+    store_acc<W>(y, o, v);
   });
 }
 
@@ -445,8 +418,8 @@ __global__ void __launch_bounds__(kBlockThreads)
   for_each_element<T>(p, aligned, [&](int64_t o, auto w, ChannelCursor cur) {
     constexpr int W = decltype(w)::value;
     acc_t g[W], v[W];
-    load_values<W>(dy, o, g);
-    load_values<W>(x, o, v);
+    load_acc<W>(dy, o, g);
+    load_acc<W>(x, o, v);
 #pragma unroll
     for (int e = 0; e < W; ++e) {
       const int64_t c = cur.c;
@@ -454,7 +427,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       v[e] = a[c] * g[e] + b[c] * xhat + k[c];
       cur.next();
     }
-    store_values<W>(dx, o, v);
+    store_acc<W>(dx, o, v);
   });
 }
 

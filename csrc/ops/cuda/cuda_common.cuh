@@ -125,6 +125,35 @@ __device__ __forceinline__ void load_params(const A* p, int64_t e, bool vec, A f
   }
 }
 
+// W values at element i, widened to acc_t (W == kVec<T>: one 16-byte load, aligned by the caller;
+// W == 1: one element); store_acc the reverse, rounded to T.
+template <int W, typename T>
+__device__ __forceinline__ void load_acc(const T* p, int64_t i, acc_type<T> (&out)[W]) {
+  if constexpr (W == 1) {
+    out[0] = to_acc(p[i]);
+  } else {
+    const Pack<T> pk = load_pack(p + i);
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      out[k] = to_acc(pk.v[k]);
+    }
+  }
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void store_acc(T* p, int64_t i, const acc_type<T> (&in)[W]) {
+  if constexpr (W == 1) {
+    p[i] = from_acc<T>(in[0]);
+  } else {
+    Pack<T> pk;
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      pk.v[k] = from_acc<T>(in[k]);
+    }
+    store_pack(p + i, pk);
+  }
+}
+
 // True when two arrays read or written at the same offsets are both 16-byte aligned at the same
 // elements, so one head/vector/tail split serves both.
 __device__ __forceinline__ bool same_alignment(const void* a, const void* b) {

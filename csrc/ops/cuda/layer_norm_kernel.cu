@@ -29,35 +29,6 @@ namespace cuda {
 namespace row_norm {
 namespace {
 
-// W values of a row at element i, widened to acc_t (W == kVec<T>: one 16-byte load, aligned by
-// the caller; W == 1: one element).
-template <int W, typename T>
-__device__ __forceinline__ void load_acc(const T* p, int64_t i, acc_type<T> (&out)[W]) {
-  if constexpr (W == 1) {
-    out[0] = to_acc(p[i]);
-  } else {
-    const Pack<T> pk = load_pack(p + i);
-#pragma unroll
-    for (int k = 0; k < W; ++k) {
-      out[k] = to_acc(pk.v[k]);
-    }
-  }
-}
-
-template <int W, typename T>
-__device__ __forceinline__ void store_acc(T* p, int64_t i, const acc_type<T> (&in)[W]) {
-  if constexpr (W == 1) {
-    p[i] = from_acc<T>(in[0]);
-  } else {
-    Pack<T> pk;
-#pragma unroll
-    for (int k = 0; k < W; ++k) {
-      pk.v[k] = from_acc<T>(in[k]);
-    }
-    store_pack(p + i, pk);
-  }
-}
-
 // Calls f(i, W) for the elements of [0, n) thread `rank` of a team of `size` owns: an unaligned
 // head one at a time, whole 16-byte vectors, then the tail. `vectorize` false: one at a time
 // throughout. The mapping depends only on (head, n, rank, size), so every pass over a row gives a
