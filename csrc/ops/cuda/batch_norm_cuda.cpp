@@ -143,8 +143,9 @@ bool train_forward_cuda(const BatchNormShape& shape, const at::Tensor& X, const 
   if (running_mean.defined()) {
     running_mean_in = running_mean.contiguous();
     running_var_in = running_var.contiguous();
-    new_mean = at::empty({shape.C}, running_mean.options());
-    new_var = at::empty({shape.C}, running_var.options());
+    // NB: the running tensors' own shapes (C values), as the CPU's running_update returns.
+    new_mean = at::empty(running_mean.sizes(), running_mean.options());
+    new_var = at::empty(running_var.sizes(), running_var.options());
     fin.running_mean = running_mean_in.const_data_ptr();
     fin.running_var = running_var_in.const_data_ptr();
     fin.new_mean = new_mean.mutable_data_ptr();
