@@ -488,7 +488,6 @@ bool train_forward_cpu(const BatchNormShape& shape, const at::Tensor& X, const a
                        at::Tensor& /*save_mean*/, at::Tensor& /*new_mean*/,
                        at::Tensor& /*new_var*/) {
   // NB: save_mean and the running update are left to the op layer (one loop over C on the CPU).
-
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, X.scalar_type(), "batch_norm_train_forward_cpu", [&] {
