@@ -285,6 +285,37 @@ constexpr int row_min_blocks(int team, int packs) {
   return blocks > 1 ? blocks : 1;
 }
 
+// Row statistics shared by the register and the re-reading forward kernels.
+
+// Whether an RMS row's fp32 sum of squares `acc` must be recomputed exactly in double: it
+// overflowed, or lies below the CPU's threshold (finalize_rms_norm) where squares may have
+// underflowed. NB: for double data acc is that exact sum already (the same terms, same order).
+template <typename A>
+__device__ __forceinline__ bool rms_needs_exact(A acc) {
+  constexpr double kUnderflow = std::numeric_limits<A>::min() / std::numeric_limits<A>::epsilon();
+  return !std::is_same_v<A, double> &&
+         (!isfinite(acc) || !(static_cast<double>(acc) >= kUnderflow));
+}
+
+// Corrected two-pass statistics (Chan, Golub and LeVeque) of D values from the first pass's mean
+// m0 and the centered sums q = sum (v - m0)^2, c = sum (v - m0): mean = m0 + c / D,
+// M2 = q - c^2 / D, in double.
+template <typename A>
+__device__ __forceinline__ WelfordStat<double> corrected_stats(A m0, A q, A c, int64_t D) {
+  return {static_cast<double>(m0) + static_cast<double>(c) / D,
+          static_cast<double>(q) - static_cast<double>(c) * c / D, D};
+}
+
+// A row's mean (LayerNorm; mean_out is null for RMSNorm) and rstd, stored in acc_t.
+template <typename A>
+__device__ __forceinline__ void write_row_stats(int64_t row, double mean, double rstd,
+                                                A* mean_out, A* rstd_out) {
+  if (mean_out != nullptr) {
+    mean_out[row] = static_cast<A>(mean);
+  }
+  rstd_out[row] = static_cast<A>(rstd);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 
@@ -342,12 +373,7 @@ __global__ void __launch_bounds__(row_block_threads(kTeam), row_min_blocks<T>(kT
     double mean = 0, rstd;
     if (rms) {
       double ss = acc;
-      // The CPU's threshold (finalize_rms_norm): below it the squares may have underflowed.
-      constexpr double kUnderflow =
-          std::numeric_limits<A>::min() / std::numeric_limits<A>::epsilon();
-      // NB: for double data acc is that exact sum already (the same terms in the same order).
-      if (!std::is_same_v<A, double> &&
-          (!isfinite(acc) || !(static_cast<double>(acc) >= kUnderflow))) {
+      if (rms_needs_exact(acc)) {
         // fp32 squares overflowed or underflowed: the exact sum in double
         double e = 0;
         for_row_values<T, true>(src, head, D, vec, rank, kTeam, [&](A v) {
@@ -367,8 +393,7 @@ __global__ void __launch_bounds__(row_block_threads(kTeam), row_min_blocks<T>(kT
       });
       q = team_sum<kTeam>(q, shared);
       c = team_sum<kTeam>(c, shared);
-      WelfordStat<double> st{static_cast<double>(m0) + static_cast<double>(c) / D,
-                             static_cast<double>(q) - static_cast<double>(c) * c / D, D};
+      WelfordStat<double> st = corrected_stats(m0, q, c, D);
       if (welford_overflowed(st)) {
         // |x| near the fp32 limit: exact statistics in double (inf / nan propagate)
         double e = 0;
@@ -387,10 +412,7 @@ __global__ void __launch_bounds__(row_block_threads(kTeam), row_min_blocks<T>(kT
       rstd = welford_rstd(st, eps);
     }
     if (rank == 0) {
-      if (!rms) {
-        mean_out[row] = static_cast<A>(mean);
-      }
-      rstd_out[row] = static_cast<A>(rstd);
+      write_row_stats(row, mean, rstd, mean_out, rstd_out);
     }
     // Pass 3: normalize.
     const A am = static_cast<A>(mean), ar = static_cast<A>(rstd);
@@ -460,12 +482,7 @@ __global__ void __launch_bounds__(row_block_threads(kTeam),
     double mean = 0, rstd;
     if (rms) {
       double ss = acc;
-      // The CPU's threshold (finalize_rms_norm): below it the squares may have underflowed.
-      constexpr double kUnderflow =
-          std::numeric_limits<A>::min() / std::numeric_limits<A>::epsilon();
-      // NB: for double data acc is that exact sum already (the same terms in the same order).
-      if (!std::is_same_v<A, double> &&
-          (!isfinite(acc) || !(static_cast<double>(acc) >= kUnderflow))) {
+      if (rms_needs_exact(acc)) {
         // fp32 squares overflowed or underflowed: the exact sum in double
         const double e = v.template sum<double>([](A e) {
           return static_cast<double>(e) * static_cast<double>(e);
@@ -482,8 +499,7 @@ __global__ void __launch_bounds__(row_block_threads(kTeam),
       team_sums<kTeam, 2>(sums, shared[buf]);
       buf ^= 1;
       const A q = sums[0], c = sums[1];
-      WelfordStat<double> st{static_cast<double>(m0) + static_cast<double>(c) / D,
-                             static_cast<double>(q) - static_cast<double>(c) * c / D, D};
+      WelfordStat<double> st = corrected_stats(m0, q, c, D);
       if (welford_overflowed(st)) {
         // |x| near the fp32 limit: exact statistics in double (inf / nan propagate)
         const double em =
@@ -500,10 +516,7 @@ __global__ void __launch_bounds__(row_block_threads(kTeam),
       rstd = welford_rstd(st, eps);
     }
     if (rank == 0) {
-      if (!rms) {
-        mean_out[row] = static_cast<A>(mean);
-      }
-      rstd_out[row] = static_cast<A>(rstd);
+      write_row_stats(row, mean, rstd, mean_out, rstd_out);
     }
 
     const A am = static_cast<A>(mean), ar = static_cast<A>(rstd);
