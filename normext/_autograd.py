@@ -39,17 +39,26 @@ def register_autograd(overload, backward, setup_context):
         {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
+def calls_ops_as_they_are():
+    """True under torch.compile, a torch.func transform or torch.jit.trace: the functional API then
+    calls the registered ops themselves, so traced graphs and transforms see them (see eager_op)."""
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch.jit.is_tracing())
+
+
 def eager_op(overload):
     """`overload` (the resolved overload, not the packet: no lookup per call) as the functional
     API calls it. Eager, with a gradient to track: the op's autograd.Function (see
     register_autograd). Eager, with none (grad mode off, as in a first-order backward, `no_grad`
     or `inference_mode`, or no input requiring grad): the op below the autograd key, as its
     Autograd kernel would do itself minus that kernel's Python (a LayerNorm call on one 4096-value
-    row 24 -> 10 us). Under torch.compile or a torch.func transform the op is called as it is, so
-    traced graphs and transforms see the registered op."""
+    row 24 -> 10 us). Under torch.compile, a torch.func transform or torch.jit.trace the op is
+    called as it is, so traced graphs and transforms see the registered op (a jit trace then holds
+    normext ops, which a saved trace finds again once normext is imported, not a Python
+    autograd.Function, which it could not save)."""
 
     def call(*args):
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        if calls_ops_as_they_are():
             return overload(*args)
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
             function = _EAGER_FUNCTIONS.get(overload)

@@ -32,8 +32,11 @@ def _replace(module: nn.Module, cls) -> nn.Module:
     """A `cls` module that shares everything with `module`: the same Parameter and buffer
     objects (so optimizers keep working), hooks, training mode and attributes."""
     new = cls.__new__(cls)
+    # NB: the hook dicts are shared, not copied: a hook's RemovableHandle removes it from the dicts
+    # it was registered in, so handles taken before convert() keep working on the replacement.
     new.__dict__.update(
-        {k: copy.copy(v) if isinstance(v, dict) else v for k, v in module.__dict__.items()}
+        {k: copy.copy(v) if isinstance(v, dict) and "hook" not in k else v
+         for k, v in module.__dict__.items()}
     )
     if cls is SyncBatchNorm and not hasattr(new, "process_group"):
         new.process_group = None
@@ -46,14 +49,22 @@ def _target(module: nn.Module, sync_batchnorm: bool):
     return _REPLACEMENTS.get(type(module))
 
 
-def _convert(model: nn.Module, sync_batchnorm: bool) -> nn.Module:
+def _convert(model: nn.Module, sync_batchnorm: bool, done: dict) -> nn.Module:
+    """`model` converted; done maps id(module) -> its conversion, so a module registered under
+    several names or parents gets one replacement, shared by all of them, as the original was."""
+    if id(model) in done:
+        return done[id(model)]
     cls = _target(model, sync_batchnorm)
     if cls is not None:
-        return _replace(model, cls)
-    for name, child in model.named_children():
-        new_child = _convert(child, sync_batchnorm)
-        if new_child is not child:
-            setattr(model, name, new_child)
+        done[id(model)] = _replace(model, cls)
+        return done[id(model)]
+    done[id(model)] = model
+    # NB: _modules, not named_children(), which yields a module registered twice only once.
+    for name, child in list(model._modules.items()):
+        if child is not None:
+            new_child = _convert(child, sync_batchnorm, done)
+            if new_child is not child:
+                model._modules[name] = new_child
     return model
 
 
@@ -73,7 +84,7 @@ def convert(model: nn.Module, fuse: bool = False, sync_batchnorm: bool = False) 
     forward() code too; a pair is left alone if either module has forward hooks or the GroupNorm's
     output is also used elsewhere.
     """
-    model = _convert(model, sync_batchnorm)
+    model = _convert(model, sync_batchnorm, {})
     if fuse:
         _fuse_sequentials(model)
         _fuse_traced(model)
@@ -139,28 +150,34 @@ class _Tracer:
 
 
 def _fuse_traced(model: nn.Module) -> None:
+    # NB: tracing runs forward()'s Python code, so it runs on a copy: a forward may update buffers
+    # in place (a step counter, a data-dependent initialization) or Python attributes. The copy
+    # shares the parameters (a trace only reads them, through proxies) and copies the rest.
+    try:
+        traced = copy.deepcopy(model, {id(p): p for p in model.parameters()})
+    except Exception:  # noqa: BLE001  (a model that cannot be copied keeps the Sequential fusions)
+        return
     # NB: a trace follows one path through Python control flow; `if self.training:` branches are
     # the common case, so the model is traced in both modes and only pairs found in both fused.
-    flags = [(m, m.training) for m in model.modules()]
     plans = []
     try:
         for mode in (True, False):
-            model.train(mode)
-            plans.append(_fusion_plan(model, _Tracer.trace(model)))
+            traced.train(mode)
+            plans.append(_fusion_plan(traced, _Tracer.trace(traced)))
     except Exception:  # noqa: BLE001  (models that do not trace keep the Sequential fusions only)
         return
-    finally:
-        for m, flag in flags:
-            m.training = flag
     (norms_a, acts_a), (norms_b, acts_b) = plans
     if norms_a != norms_b or acts_a != acts_b or not acts_a:
         return
-    by_id = {id(m): m for m in model.modules()}
+    # The copy's modules -> the model's, by name (the copy has the same module tree).
+    original = {}
+    for name, m in traced.named_modules(remove_duplicate=False):
+        original.setdefault(id(m), model.get_submodule(name))
     # Swap every reference (a module registered under several names is swapped under all).
-    replacements = {nid: _fused(by_id[nid], name) for nid, name in norms_a.items()}
+    replacements = {id(original[nid]): _fused(original[nid], name) for nid, name in norms_a.items()}
     for mid in acts_a:
-        replacements[mid] = nn.Identity()
-    for parent in list(by_id.values()):
+        replacements[id(original[mid])] = nn.Identity()
+    for parent in list(model.modules()):
         for key, child in list(parent._modules.items()):
             if child is not None and id(child) in replacements:
                 parent._modules[key] = replacements[id(child)]
@@ -213,11 +230,19 @@ def _fusion_plan(model: nn.Module, graph):
                and fuse_acts.get(id(modules[next(iter(n.users)).target])) == name
                for n in calls[nid]):
             ok_norms[nid] = name
-    # An activation is fused only if every norm feeding it is.
-    for mid in list(fuse_acts):
-        feeding = {id(modules[n.args[0].target]) for n in calls[mid]}
-        if not feeding <= set(ok_norms):
-            del fuse_acts[mid]
-            for nid in feeding:
-                ok_norms.pop(nid, None)
+    # An activation is fused only if every norm feeding it is, and a norm only if every call of it
+    # still feeds a fused activation. Dropping one side can break the other (a norm feeding two
+    # activations loses one of them, and with it the other), so both rules are applied until
+    # neither removes anything.
+    changed = True
+    while changed:
+        changed = False
+        for mid in list(fuse_acts):
+            if not {id(modules[n.args[0].target]) for n in calls[mid]} <= set(ok_norms):
+                del fuse_acts[mid]
+                changed = True
+        for nid in list(ok_norms):
+            if not all(id(modules[next(iter(n.users)).target]) in fuse_acts for n in calls[nid]):
+                del ok_norms[nid]
+                changed = True
     return ok_norms, fuse_acts

@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from normext import _reference
-from normext._autograd import eager_op
+from normext._autograd import calls_ops_as_they_are, eager_op
 
 
 _group_norm_forward = eager_op(torch.ops.normext.group_norm_forward.default)
@@ -280,8 +280,7 @@ def _batch_norm_forward(input, weight, bias, running_mean, running_var, training
     call that needs a gradient takes the same two steps here, so that the impl goes through its
     autograd.Function (eager_op) rather than its Autograd kernel's Python."""
     args = (input, weight, bias, running_mean, running_var, training, momentum, eps)
-    if (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or not (torch.is_grad_enabled() and torch._C._any_requires_grad(*args))):
+    if calls_ops_as_they_are() or not (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)):
         return _batch_norm_forward_composite(*args)
     y, save_mean, save_invstd, new_mean, new_var = _batch_norm_forward_impl(*args)
     if training:

@@ -290,3 +290,69 @@ def test_convert_then_optimizer_step_updates_shared_params():
             o.step()
     for (n, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_convert_keeps_a_shared_module_shared():
+    """A norm registered under two names (or in two parents) stays one module: its running
+    statistics stay one set, also after the model is moved to another dtype."""
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(4)
+            self.bn_alias = self.bn
+            self.ln = nn.LayerNorm(4)
+            self.a = nn.Sequential(nn.Linear(4, 4), self.ln)
+            self.b = nn.Sequential(nn.Linear(4, 4), self.ln)
+
+        def forward(self, x):
+            return self.b(self.a(self.bn_alias(self.bn(x))))
+
+    torch.manual_seed(0)
+    ref = Shared()
+    model = normext.convert(copy.deepcopy(ref))
+    assert type(model.bn) is normext.BatchNorm1d and model.bn is model.bn_alias
+    assert type(model.ln) is normext.LayerNorm and model.ln is model.a[1] is model.b[1]
+    ref.double()
+    model.double()
+    for _ in range(3):
+        x = torch.randn(5, 4, dtype=torch.float64)
+        torch.testing.assert_close(model(x), ref(x))
+    torch.testing.assert_close(model.bn.running_mean, ref.bn.running_mean)
+    torch.testing.assert_close(model.bn.running_var, ref.bn.running_var)
+
+
+def test_convert_keeps_hook_handles_working():
+    calls = []
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    handles = [model[1].register_forward_hook(lambda m, i, o: calls.append("forward")),
+               model[1].register_forward_pre_hook(lambda m, i: calls.append("pre"))]
+    normext.convert(model)
+    assert type(model[1]) is normext.LayerNorm
+    model(torch.randn(2, 4))
+    assert calls == ["pre", "forward"]
+    for h in handles:
+        h.remove()
+    calls.clear()
+    model(torch.randn(2, 4))
+    assert calls == []
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_converted_model_traces_with_torch_jit(tmp_path):
+    """torch.jit.trace of a converted model records normext's ops (its sanity check re-traces
+    without grad: the same ops), and the saved trace loads, runs and backpropagates as eager."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
+                          nn.BatchNorm2d(8), nn.Flatten(2), nn.LayerNorm(36), nn.RMSNorm(36))
+    model = randomize_norm_params(normext.convert(model)).eval()
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    traced = torch.jit.trace(model, x)
+    assert {"normext::group_norm_forward", "normext::layer_norm_forward"} <= {
+        n.kind() for n in traced.inlined_graph.nodes()}
+    torch.jit.save(traced, tmp_path / "traced.pt")
+    loaded = torch.jit.load(tmp_path / "traced.pt")
+    torch.testing.assert_close(loaded(x), model(x))
+    grads = [torch.autograd.grad(m(x).square().sum(), [x, *m.parameters()]) for m in (model, loaded)]
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)

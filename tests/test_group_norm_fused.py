@@ -420,6 +420,56 @@ def test_convert_fuse_traced_forward():
     torch.testing.assert_close(model(x), expected)
 
 
+def test_convert_fuse_keeps_an_activation_whose_norm_is_not_fused():
+    """n feeds two SiLUs, one of which is also fed by p, whose output is used elsewhere: neither
+    norm can fuse, so both activations must stay (dropping one would change the output)."""
+    class Tangled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n = nn.GroupNorm(2, 4)
+            self.p = nn.GroupNorm(2, 4)
+            self.b = nn.SiLU()
+            self.a = nn.SiLU()
+
+        def forward(self, x):
+            return (self.b(self.n(x)) + self.a(self.n(x * 2)) + self.a(self.p(x * 3))
+                    + self.p(x * 4))
+
+    torch.manual_seed(0)
+    model = Tangled()
+    x = torch.randn(2, 4, 3, 3)
+    expected = model(x)
+    normext.convert(model, fuse=True)
+    assert model.n.activation is None and model.p.activation is None
+    assert type(model.a) is nn.SiLU and type(model.b) is nn.SiLU
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_convert_fuse_does_not_run_the_models_side_effects():
+    """fuse=True traces forward() on a copy: buffers updated in place by forward (a step counter,
+    a data-dependent initialization) and Python attributes are left as they were."""
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+            self.calls = 0
+            self.norm = nn.GroupNorm(2, 4)
+            self.act = nn.SiLU()
+
+        def forward(self, x):
+            self.steps += 1
+            self.calls += 1
+            return self.act(self.norm(x))
+
+    model = Counter()
+    normext.convert(model, fuse=True)
+    assert model.steps.item() == 0 and model.calls == 0
+    assert model.norm.activation == "silu" and type(model.act) is nn.Identity
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(model(x), F.silu(F.group_norm(x, 2, model.norm.weight, model.norm.bias)))
+    assert model.steps.item() == 1 and model.calls == 1
+
+
 def test_convert_fuse_untraceable_model_keeps_sequential_fusions():
     class Dynamic(nn.Module):
         def __init__(self):
