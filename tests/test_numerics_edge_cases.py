@@ -86,3 +86,22 @@ def test_instance_norm_eps_zero_on_a_constant_instance(shape):
     torch.testing.assert_close(ys[0][0], ys[1][0], equal_nan=True)
     torch.testing.assert_close(ys[0][1], ys[1][1], equal_nan=True)
     assert torch.isfinite(ys[0][0][0, 1]).all()
+
+
+@pytest.mark.parametrize("width", [64, 48, 72], ids=["pairs", "pair_and_single", "masked_tail"])
+def test_bf16_subnormal_outputs_are_kept(width):
+    """Outputs below bf16's smallest normal (1.2e-38) round to bf16 subnormals, as c10::BFloat16
+    does, not to zero: the native conversion (vcvtneps2bf16) reads subnormal fp32 as zero, so the
+    bf16 stores check for them (two vectors at a time, one vector, and a partial vector)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, width, generator=g).bfloat16()
+    weight = torch.full((width,), 3e-39).bfloat16()
+    assert 0 < weight[0].item() < torch.finfo(torch.bfloat16).tiny
+    for ours, theirs in [
+        (NF.layer_norm(x, (width,), weight), F.layer_norm(x, (width,), weight)),
+        (NF.group_norm(x.view(4, width, 1), 2, weight), F.group_norm(x.view(4, width, 1), 2, weight)),
+    ]:
+        assert (theirs != 0).sum() > 0.9 * x.numel()
+        assert torch.equal(ours != 0, theirs != 0)
+        # within one subnormal step (2^-133) of torch's
+        assert (ours.float() - theirs.float()).abs().max().item() <= 2.0 ** -133

@@ -136,7 +136,8 @@ struct Io<bf16_t> {
     // one (a rare event: |v| < 1.2e-38) takes the integer rounding instead, out of line: written
     // as a select, the compiler computed both roundings for every vector (5 more instructions
     // in loops of 20-30).
-    if (__builtin_expect(subnormal_lanes(v) != 0, 0)) {
+    const __mmask16 subnormal = subnormal_lanes(v);
+    if (__builtin_expect(!_kortestz_mask16_u8(subnormal, subnormal), 0)) {  // one kortestw
       store_rounded_bits(p, v);
       return;
     }
@@ -321,7 +322,10 @@ NORMEXT_VEC_INLINE void store_out_pair(T* p, vacc<T> v0, vacc<T> v1) {
   if constexpr (std::is_same<T, bf16_t>::value) {
     if (!kStream || reinterpret_cast<uintptr_t>(p) % 64 == 0) {
       using Bf16 = Io<bf16_t>;  // see Io<bf16_t>::store
-      if (__builtin_expect((Bf16::subnormal_lanes(v0) | Bf16::subnormal_lanes(v1)) != 0, 0)) {
+      // NB: kortestw tests both masks in one instruction (an OR of them in integer registers
+      // took two kmovw and an or)
+      if (__builtin_expect(!_kortestz_mask16_u8(Bf16::subnormal_lanes(v0), Bf16::subnormal_lanes(v1)),
+                           0)) {
         Bf16::store_rounded_bits(p, v0);
         Bf16::store_rounded_bits(p + kLanes<T>, v1);
         return;
