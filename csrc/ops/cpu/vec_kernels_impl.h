@@ -130,7 +130,7 @@ struct Io<bf16_t> {
   static __mmask16 subnormal_lanes(vfloat v) { return _mm512_fpclass_ps_mask((__m512)v, 0x20); }
 #endif
   // Round to nearest even, as c10::BFloat16 does; NaN stays a (quiet) NaN; subnormals are kept.
-  static void store(bf16_t* p, vfloat v) {
+  NORMEXT_VEC_INLINE static void store(bf16_t* p, vfloat v) {
 #if NORMEXT_VEC_ISA >= 3
     // NB: vcvtneps2bf16 reads subnormal inputs as zero (whatever MXCSR says), so a vector holding
     // one (a rare event: |v| < 1.2e-38) takes the integer rounding instead, out of line: written
@@ -1750,17 +1750,30 @@ template <int kAct, typename T, bool kStream>
 void normalize_act_cl(const T* x, T* y, int64_t rows, int64_t C, const acc_type<T>* mean_c,
                       const acc_type<T>* scale_c, const acc_type<T>* bias_c) {
   const StreamFence<kStream> fence;
+  constexpr int L = kLanes<T>;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
     T* yr = y + r * C;
-    for_channel_blocks<T>(C, [&](int64_t c, auto full) {
+    auto y_at = [&](int64_t c, auto full) {
       if constexpr (kAct != kIdentity) {
         prefetch_ahead(xr + c);
       }
       const vacc<T> z = (load_x(xr, c, C, full) - load_acc(mean_c, c)) * load_acc(scale_c, c) +
                         load_acc(bias_c, c);
-      store_x<kStream>(yr, act_apply<kAct>(z), c, C, full);
-    });
+      return act_apply<kAct>(z);
+    };
+    // NB: two channel blocks per step, stored as a pair (bf16: one conversion, one subnormal
+    // test and one 64-byte store for both; see store_out_pair).
+    int64_t c = 0;
+    for (; c + 2 * L <= C; c += 2 * L) {
+      store_out_pair<kStream>(yr + c, y_at(c, std::true_type{}), y_at(c + L, std::true_type{}));
+    }
+    for (; c + L <= C; c += L) {
+      store_out<kStream>(yr + c, y_at(c, std::true_type{}));
+    }
+    if (c < C) {
+      store_n(yr + c, y_at(c, std::false_type{}), C - c);
+    }
   }
 }
 
