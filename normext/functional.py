@@ -23,6 +23,22 @@ def _verify_batch_size(size: List[int]) -> None:
         )
 
 
+def _type_name(value) -> str:
+    """A type's name as torch's argument parser prints it: tp_name, which for a type defined in C
+    outside the builtins carries its module ("numpy.bool"), and for a Python class does not."""
+    cls = type(value)
+    if not cls.__flags__ & (1 << 9) and cls.__module__ != "builtins":  # not Py_TPFLAGS_HEAPTYPE
+        return f"{cls.__module__}.{cls.__qualname__}"
+    return cls.__name__
+
+
+def _check_bool(fn: str, name: str, position: int, value) -> None:
+    """torch's argument parser's TypeError for a bool argument given anything but a bool."""
+    if type(value) is not bool:
+        raise TypeError(f"{fn}(): argument '{name}' (position {position}) must be bool, not "
+                        f"{_type_name(value)}")
+
+
 def _check_scalar(fn: str, name: str, position: int, value, kind: str) -> None:
     """torch's argument parser's TypeError for a scalar argument of the wrong type (the
     dispatcher, left to find it, raises a RuntimeError)."""
@@ -33,7 +49,7 @@ def _check_scalar(fn: str, name: str, position: int, value, kind: str) -> None:
             type(value), "__float__")
     if not ok:
         raise TypeError(f"{fn}(): argument '{name}' (position {position}) must be {kind}, not "
-                        f"{type(value).__name__}")
+                        f"{_type_name(value)}")
 
 
 def _check_running_stats(input: Tensor, running_mean: Optional[Tensor],
@@ -320,8 +336,28 @@ def batch_norm(
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     elif eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    _check_bool("batch_norm", "training", 6, training)
     _check_scalar("batch_norm", "momentum", 7, momentum, "float")
+    if training and input.dim() == 1 and all(
+            t is None for t in (weight, bias, running_mean, running_var)):
+        # torch's error, from its kernel's input.size(1) (given parameters, its size checks come
+        # first, as normext's op makes them)
+        raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
+    if training and input.numel() > 0 and (running_mean is None) != (running_var is None):
+        # ATen checks the sizes (against input.size(1), read as 0 for a 1-D input) before it
+        # finds one running statistic missing.
+        features = input.size(1) if input.dim() > 1 else 0
+        for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                        ("weight", weight), ("bias", bias)):
+            if t is not None and t.numel() != features:
+                raise RuntimeError(f"{name} should contain {features} elements not {t.numel()}")
     _check_running_stats(input, running_mean, running_var, training)
+    if not training and eps == 0:
+        # ATen's evaluation formula, x * a + (bias - mean * a) with a = weight / sqrt(var), gives
+        # NaN where var == eps == 0 (normext's (x - mean) * a + bias would give +-inf): that
+        # corner is torch's own op.
+        return torch.nn.functional.batch_norm(input, running_mean, running_var, weight, bias,
+                                              training, momentum, eps)
     return _batch_norm_forward(input, weight, bias, running_mean, running_var, training,
                                momentum, eps)[0]
 
@@ -364,6 +400,7 @@ def instance_norm(
                                                  use_input_stats, momentum, eps)
     if use_input_stats:
         _verify_spatial_size(input.size())
+    _check_bool("instance_norm", "use_input_stats", 6, use_input_stats)
     _check_scalar("instance_norm", "momentum", 7, momentum, "float")
     _check_scalar("instance_norm", "eps", 8, eps, "float")
     _check_running_stats(input, running_mean, running_var, use_input_stats)

@@ -6,8 +6,10 @@ be no worse than 2x torch's own error at the test dtype, plus one ulp of the out
 
 import copy
 import functools
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -284,6 +286,20 @@ ERROR_CASES = {
                                               torch.ones(3, device=d).requires_grad_()), {}),
     "momentum_none": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device=d), torch.ones(3, device=d)),
                                 {"training": True, "momentum": None}),
+    # torch's argument parser refuses anything but a bool (None, 1, numpy.bool, a tensor).
+    "training_none": lambda d: ((torch.randn(4, 3, device=d), None, None), {"training": None}),
+    "training_int": lambda d: ((torch.randn(4, 3, device=d), None, None), {"training": 1}),
+    "training_numpy_bool": lambda d: ((torch.randn(4, 3, device=d), None, None),
+                                      {"training": np.bool_(True)}),
+    "training_tensor": lambda d: ((torch.randn(4, 3, device=d), None, None),
+                                  {"training": torch.tensor(True)}),
+    "one_dim_input_train": lambda d: ((torch.randn(4, device=d), None, None), {"training": True}),
+    # Sizes are checked before a missing running statistic is.
+    "train_running_mean_only_wrong_weight": lambda d: (
+        (torch.randn(4, 3, device=d), torch.zeros(3, device=d), None),
+        {"training": True, "weight": torch.ones(2, device=d)}),
+    "train_running_var_only_wrong_size": lambda d: (
+        (torch.randn(4, 3, device=d), None, torch.ones(5, device=d)), {"training": True}),
     # A meta tensor among real ones sends the call to the fake kernel, which must refuse it.
     "meta_running_stats": lambda d: ((torch.randn(4, 3, device=d), torch.zeros(3, device="meta"),
                                       torch.ones(3, device="meta")), {}),
@@ -312,6 +328,34 @@ def test_errors_match_torch(device, case):
                                 match_message=case not in _OWN_MESSAGE)
     if case in _OWN_MESSAGE:
         assert "not differentiable with respect to argument 'running_mean'" in str(ours)
+
+
+def test_error_order_over_parameter_sizes_matches_torch():
+    # Every mix of missing, right-size and wrong-size weight, bias and running statistics, in
+    # training and eval, for 2-D, 3-D, 1-D and empty inputs: the same result or the same error.
+    def outcome(fn, *args, **kwargs):
+        try:
+            fn(*args, **kwargs)
+            return "ok"
+        except Exception as e:  # noqa: BLE001  (the error itself is what is compared)
+            return f"{type(e).__name__}: {e}"
+
+    for x in (torch.randn(3, 4), torch.randn(2, 4, 3), torch.randn(4), torch.randn(0, 4)):
+        for sizes in itertools.product([None, 4, 5], repeat=4):
+            w, b, rm, rv = (torch.ones(n) if n else None for n in sizes)
+            for training in (True, False):
+                ours = outcome(normext.functional.batch_norm, x, rm, rv, w, b, training)
+                theirs = outcome(F.batch_norm, x, rm, rv, w, b, training)
+                assert ours == theirs, (tuple(x.shape), sizes, training)
+
+
+def test_eval_with_zero_variance_and_zero_eps_matches_torch():
+    # var == eps == 0: ATen's x * a + (bias - mean * a) is NaN there, for x == mean or not.
+    x = torch.tensor([[1.0, 2.0], [0.0, 2.0]])
+    rm, rv = torch.zeros(2), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(normext.functional.batch_norm(x, rm, rv, eps=0.0),
+                               F.batch_norm(x, rm, rv, eps=0.0), equal_nan=True)
+    assert normext.functional.batch_norm(x, rm, rv, eps=0.0)[:, 0].isnan().all()
 
 
 def test_running_stats_that_require_grad_are_fine_without_grad_mode():

@@ -115,6 +115,8 @@ ERRORS = {
     "momentum_none": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.zeros(3),
                                                         "running_var": torch.ones(3), "momentum": None}),
     "eps_none": lambda: ((torch.randn(4, 3, 5),), {"eps": None}),
+    "use_input_stats_none": lambda: ((torch.randn(4, 3, 5),), {"use_input_stats": None}),
+    "use_input_stats_int": lambda: ((torch.randn(4, 3, 5),), {"use_input_stats": 1}),
     "meta_running_stats_eval": lambda: ((torch.randn(4, 3, 5),), {"running_mean": torch.zeros(3, device="meta"),
                                                                   "running_var": torch.ones(3, device="meta"),
                                                                   "use_input_stats": False}),
