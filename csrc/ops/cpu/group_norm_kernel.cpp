@@ -117,28 +117,33 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   auto finalize = [&](int64_t group, WelfordStat<double> stat) {
     finalize_group(stat, eps, X + group * L, 1, L, L, mean + group, rstd + group);
   };
-  auto* const normalize = fusion.act ? k.normalize_act[fusion.act - 1] : k.normalize;
-  // Normalizes elements [begin, end) of a group, one channel row segment at a time, prefetching
-  // as many values from `prefetch` on (null: none).
-  // NB: rows are walked with running indices: the divisions that map a row to its group and
-  // channel cost more than normalizing a 16x16 plane.
+  auto* const normalize = k.normalize_rows[fusion.act];
+  // Normalizes elements [begin, end) of a group (a partial first channel row, the whole rows, a
+  // partial last row: a call each), prefetching as many values from `prefetch` on (null: none).
   auto normalize_span = [&](int64_t group, int64_t begin, int64_t end, const T* prefetch) {
     const int64_t first_c = (group % s.G) * D;
-    const int64_t first_row = (group / s.G) * s.C + first_c;
-    const acc_t m = mean[group], r = rstd[group];
-    int64_t d = begin / s.HxW;
-    int64_t col = begin - d * s.HxW;
-    while (begin < end) {
-      const int64_t n = std::min(end - begin, s.HxW - col);
-      const int64_t offset = (first_row + d) * s.HxW + col;
-      normalize(x + offset, y + offset, n, m, r * p.weight(first_c + d), p.bias(first_c + d),
+    const acc_t* gamma = p.gamma != nullptr ? p.gamma + first_c : nullptr;
+    const acc_t* beta = p.beta != nullptr ? p.beta + first_c : nullptr;
+    auto rows = [&](int64_t count, int64_t n) {
+      const int64_t d = begin / s.HxW;
+      const int64_t offset = group * L + begin;
+      normalize(x + offset, y + offset, count, n, mean[group], rstd[group],
+                gamma != nullptr ? gamma + d : nullptr, beta != nullptr ? beta + d : nullptr,
                 prefetch);
       if (prefetch != nullptr) {
-        prefetch += n;
+        prefetch += count * n;
       }
-      begin += n;
-      ++d;
-      col = 0;
+      begin += count * n;
+    };
+    const int64_t col = begin % s.HxW;
+    if (col != 0) {
+      rows(1, std::min(end - begin, s.HxW - col));
+    }
+    if (end - begin >= s.HxW) {
+      rows((end - begin) / s.HxW, s.HxW);
+    }
+    if (begin < end) {
+      rows(1, end - begin);
     }
   };
 
@@ -198,8 +203,9 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
       const int64_t group = (row / s.C) * s.G + c / D;
       const int64_t b = (t % row_blocks) * kChunkElems;
       const int64_t offset = row * s.HxW + b;
-      normalize(x + offset, y + offset, std::min(s.HxW - b, kChunkElems), mean[group],
-                rstd[group] * p.weight(c), p.bias(c), nullptr);
+      normalize(x + offset, y + offset, 1, std::min(s.HxW - b, kChunkElems), mean[group],
+                rstd[group], p.gamma != nullptr ? p.gamma + c : nullptr,
+                p.beta != nullptr ? p.beta + c : nullptr, nullptr);
     }
   });
 }

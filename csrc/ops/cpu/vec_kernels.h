@@ -49,9 +49,6 @@ struct VecKernels {
   // mean rounded to fp32 (an ulp of 0.06 at 1e6) puts its error squared into every Chan merge of
   // the chunks (M2 off by 1e-4 at 1e6 + randn over 64 chunks).
   void (*chunk_stats)(const T* x, int64_t n, double* mean, acc_t* m2);
-  // y = (x - mean) * scale + bias over n contiguous values.
-  void (*normalize)(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias,
-                    const T* prefetch);
   // Per-group mean and M2 (G = C / D groups of D adjacent channels) of a rows x C block;
   // scratch holds 3 * padded_channels(C) accumulators.
   void (*chunk_stats_cl)(const T* x, int64_t rows, int64_t C, int64_t D, acc_t* scratch,
@@ -126,9 +123,12 @@ struct VecKernels {
                           acc_t* sum_dy_c, acc_t* dalpha);
 
   // ---- fused GroupNorm activations (index = activation - 1: silu, gelu, gelu_tanh, relu) ----
-  // y = act((x - mean) * scale + bias), as normalize / normalize_cl.
-  void (*normalize_act[4])(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias,
-                           const T* prefetch);
+  // y = act((x - mean) * rstd * gamma[r] + beta[r]) over `rows` consecutive runs r of n values
+  // (gamma / beta null: 1 / 0), index = activation (0 none, then silu, gelu, gelu_tanh, relu),
+  // fetching meanwhile as many values from `prefetch` on (null: none).
+  void (*normalize_rows[5])(const T* x, T* y, int64_t rows, int64_t n, acc_t mean, acc_t rstd,
+                            const acc_t* gamma, const acc_t* beta, const T* prefetch);
+  // y = act((x - mean_c) * scale_c + bias_c), as normalize_cl.
   void (*normalize_act_cl[4])(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean_c,
                               const acc_t* scale_c, const acc_t* bias_c);
   // As grad_sums / grad_input with dy replaced by g = dy * act'(z), z = (x - mean) * scale + bias

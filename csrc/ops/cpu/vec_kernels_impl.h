@@ -1728,12 +1728,24 @@ inline void normalize_run(const T* x, T* y, int64_t n, vacc<T> vmean, vacc<T> vs
   }
 }
 
+// `rows` consecutive runs of n values (channel rows of a GroupNorm group, NCHW): row r gets
+// scale rstd * gamma[r] and bias beta[r] (null: 1 and 0). NB: one call per group span rather
+// than per channel row: a 16x16 plane is 16 vectors, and a call per row (indirect call, splats,
+// tails) cost about as much as normalizing it.
 template <int kAct, typename T, bool kStream>
-NORMEXT_HEAVY_SCHED void normalize_act(const T* x, T* y, int64_t n, acc_type<T> mean,
-                                     acc_type<T> scale, acc_type<T> bias, const T* prefetch) {
+NORMEXT_HEAVY_SCHED void normalize_rows(const T* x, T* y, int64_t rows, int64_t n,
+                                        acc_type<T> mean, acc_type<T> rstd,
+                                        const acc_type<T>* gamma, const acc_type<T>* beta,
+                                        const T* prefetch) {
+  using A = acc_type<T>;
   const StreamFence<kStream> fence;
-  normalize_run<kAct, T, kStream>(x, y, n, splat<T>(mean), splat<T>(scale), splat<T>(bias),
-                                  prefetch);
+  const vacc<T> vmean = splat<T>(mean);
+  for (int64_t r = 0; r < rows; ++r) {
+    const A scale = gamma != nullptr ? rstd * gamma[r] : rstd;
+    const A bias = beta != nullptr ? beta[r] : A(0);
+    normalize_run<kAct, T, kStream>(x + r * n, y + r * n, n, vmean, splat<T>(scale),
+                                    splat<T>(bias), prefetch != nullptr ? prefetch + r * n : nullptr);
+  }
 }
 
 template <typename T, bool kStream>
@@ -1938,7 +1950,7 @@ void add_values(const T* x, const T* r, T* s, int64_t n) {
 // kStream: the leaves that write an output use streaming stores (see store_out).
 template <typename T, bool kStream>
 constexpr VecKernels<T> make_kernels() {
-  return {&chunk_stats<T>, &normalize_act<kIdentity, T, kStream>,
+  return {&chunk_stats<T>,
           &chunk_stats_cl<T>, &normalize_act_cl<kIdentity, T, kStream>,
           &grad_sums<T>, &grad_input<T, kStream>, &grad_sums_cl<T>, &grad_input_cl<T, kStream>,
           &planes_stats<T>, &normalize_planes<T, kStream>, &grad_sums_planes<T>,
@@ -1948,8 +1960,9 @@ constexpr VecKernels<T> make_kernels() {
           &row_grad_input<T, kStream>,
           // ---- DyT, fused GroupNorm activations, residual add ----
           &dyt_forward<T, kStream>, &dyt_forward_cl<T, kStream>, &dyt_backward<T, kStream>, &dyt_backward_cl<T, kStream>,
-          {&normalize_act<kSilu, T, kStream>, &normalize_act<kGelu, T, kStream>, &normalize_act<kGeluTanh, T, kStream>,
-           &normalize_act<kRelu, T, kStream>},
+          {&normalize_rows<kIdentity, T, kStream>, &normalize_rows<kSilu, T, kStream>,
+           &normalize_rows<kGelu, T, kStream>, &normalize_rows<kGeluTanh, T, kStream>,
+           &normalize_rows<kRelu, T, kStream>},
           {&normalize_act_cl<kSilu, T, kStream>, &normalize_act_cl<kGelu, T, kStream>,
            &normalize_act_cl<kGeluTanh, T, kStream>, &normalize_act_cl<kRelu, T, kStream>},
           {&grad_sums_act<kSilu, T>, &grad_sums_act<kGelu, T>, &grad_sums_act<kGeluTanh, T>,
