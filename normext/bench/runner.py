@@ -158,10 +158,13 @@ def check(built, dtype, layout, spatial, grads):
     return None
 
 
-def make_grads(built):
-    """Upstream gradients of the outputs, in the outputs' layouts (as in a real backward)."""
+def make_grads(built, fn=None):
+    """Upstream gradients of the outputs of ``fn`` (default torch eager), in those outputs'
+    layouts, as in a real backward: the layer after a norm hands its gradient back laid out as the
+    norm's output. The values are the same for every ``fn``; only the layout follows it (an
+    InstanceNorm output is NCHW from torch, channels-last from normext on a channels-last input)."""
     gen = torch.Generator().manual_seed(1)
-    outs = built.eager(*[t.detach() for t in built.inputs])
+    outs = (fn or built.eager)(*[t.detach() for t in built.inputs])
     return tuple(torch.empty_like(o).copy_(torch.randn(o.shape, generator=gen)) for o in outs)
 
 
@@ -174,6 +177,7 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
         f" {'NCHW' if layout == 'contiguous' else 'channels_last'}" if family.spatial else "")
     built = family.build(spec, dtype, layout, device)
     grads = make_grads(built)
+    normext_grads = make_grads(built, built.normext)
     error = check(built, dtype, layout, family.spatial, grads)
     if error:
         for p in passes:
@@ -213,7 +217,7 @@ def run_case(family, spec, dtype, layout, device, timer, passes, use_compile, pr
         if p == "fwd":
             candidates.update(built.extra)
         for impl, fn in candidates.items():
-            call = pass_fn(p, fn, built.inputs, grads)
+            call = pass_fn(p, fn, built.inputs, normext_grads if impl == "normext" else grads)
             try:
                 call()
             except Exception as e:  # noqa: BLE001  (e.g. a compiled graph that cannot retain_graph)
