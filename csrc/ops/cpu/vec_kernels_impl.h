@@ -1475,6 +1475,17 @@ struct Activation<kSilu> {
     const vfloat s = sigmoid_and_complement(vexp(-z), &one_minus_s);
     return s * (1.0f + z * one_minus_s);
   }
+  // The backward's act'(z) for bf16 tensors, as apply_bf16 (about 2^-13 relative).
+  static vfloat grad_bf16(vfloat z) {
+    const vfloat e = vexp_bf16(-z);
+#if NORMEXT_VEC_ISA >= 2
+    const vfloat s = (vfloat)_mm512_rcp14_ps((__m512)(1.0f + e));
+#else
+    const vfloat s = 1.0f / (1.0f + e);
+#endif
+    const vfloat one_minus_s = e < 1.0f ? e * s : 1.0f - s;
+    return s * (1.0f + z * one_minus_s);
+  }
   static double apply(double z) { return z / (1.0 + std::exp(-z)); }
   static double grad(double z) {
     const double s = 1.0 / (1.0 + std::exp(-z));
@@ -1555,13 +1566,18 @@ inline vfloat act_apply(vfloat z) {
     return Activation<kAct>::apply(z);
   }
 }
-template <int kAct>
+template <int kAct, typename T = double>
 inline vdouble act_grad(vdouble z) {
   return per_lane(z, [](double v) { return Activation<kAct>::grad(v); });
 }
-template <int kAct>
+// T: the type of the tensors (bf16 SiLU takes its cheaper form, as act_apply).
+template <int kAct, typename T = float>
 inline vfloat act_grad(vfloat z) {
-  return Activation<kAct>::grad(z);
+  if constexpr (kAct == kSilu && std::is_same<T, bf16_t>::value) {
+    return Activation<kAct>::grad_bf16(z);
+  } else {
+    return Activation<kAct>::grad(z);
+  }
 }
 
 // ---- DyT leaves ---------------------------------------------------------------------------------
@@ -1871,8 +1887,8 @@ inline void act_grad_pair(const T* dy, const T* x, int64_t i, vacc<T> vmean, vac
   prefetch_ahead_pair(x + i);
   xc[0] = Io<T>::load(x + i) - vmean;
   xc[1] = Io<T>::load(x + i + L) - vmean;
-  g[0] = Io<T>::load(dy + i) * act_grad<kAct>(xc[0] * vscale + vbias);
-  g[1] = Io<T>::load(dy + i + L) * act_grad<kAct>(xc[1] * vscale + vbias);
+  g[0] = Io<T>::load(dy + i) * act_grad<kAct, T>(xc[0] * vscale + vbias);
+  g[1] = Io<T>::load(dy + i + L) * act_grad<kAct, T>(xc[1] * vscale + vbias);
 }
 
 template <int kAct, typename T>
@@ -1901,7 +1917,7 @@ NORMEXT_HEAVY_SCHED void grad_sums_act(const T* dy, const T* x, int64_t n, acc_t
   db += db1;
   for (; i + L <= n; i += L) {
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
-    const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * vscale + vbias);
+    const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct, T>(xc * vscale + vbias);
     if (g_out != nullptr) {
       Io<acc_type<T>>::store(g_out + i, g);
     }
@@ -1912,7 +1928,7 @@ NORMEXT_HEAVY_SCHED void grad_sums_act(const T* dy, const T* x, int64_t n, acc_t
     const vacc<T> xc = load_n(x + i, n - i) - vmean;
     // padded dy lanes are zero; mask_first keeps a non-finite act' of padded lanes out
     const vacc<T> g = mask_first<acc_type<T>>(
-        load_n(dy + i, n - i) * act_grad<kAct>(xc * vscale + vbias), n - i);
+        load_n(dy + i, n - i) * act_grad<kAct, T>(xc * vscale + vbias), n - i);
     if (g_out != nullptr) {
       store_n(g_out + i, g, n - i);  // acc_type<T> lanes
     }
@@ -1940,12 +1956,12 @@ NORMEXT_HEAVY_SCHED void grad_input_act(const T* dy, const T* x, T* dx, int64_t 
   }
   for (; i + L <= n; i += L) {
     const vacc<T> xc = Io<T>::load(x + i) - vmean;
-    const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct>(xc * va + vbias);
+    const vacc<T> g = Io<T>::load(dy + i) * act_grad<kAct, T>(xc * va + vbias);
     store_out<kStream>(dx + i, va * g + vb * (xc * vrstd) + vc);
   }
   if (i < n) {
     const vacc<T> xc = load_n(x + i, n - i) - vmean;
-    const vacc<T> g = load_n(dy + i, n - i) * act_grad<kAct>(xc * va + vbias);
+    const vacc<T> g = load_n(dy + i, n - i) * act_grad<kAct, T>(xc * va + vbias);
     store_n(dx + i, va * g + vb * (xc * vrstd) + vc, n - i);
   }
 }
@@ -1965,7 +1981,7 @@ void grad_sums_act_cl(const T* dy, const T* x, int64_t rows, int64_t C,
       prefetch_ahead(xr + c);
       const vacc<T> xc = load_x(xr, c, C, full) - load_acc(mean_c, c);
       vacc<T> g = load_x(dyr, c, C, full) *
-                  act_grad<kAct>(xc * load_acc(scale_c, c) + load_acc(bias_c, c));
+                  act_grad<kAct, T>(xc * load_acc(scale_c, c) + load_acc(bias_c, c));
       if constexpr (!decltype(full)::value) {
         g = mask_first<acc_type<T>>(g, C - c);
       }
@@ -1993,7 +2009,7 @@ void grad_input_act_cl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
       prefetch_ahead(xr + c);
       const vacc<T> a = load_acc(a_c, c);
       const vacc<T> xc = load_x(xr, c, C, full) - load_acc(mean_c, c);
-      const vacc<T> g = load_x(dyr, c, C, full) * act_grad<kAct>(xc * a + load_acc(bias_c, c));
+      const vacc<T> g = load_x(dyr, c, C, full) * act_grad<kAct, T>(xc * a + load_acc(bias_c, c));
       const vacc<T> v = a * g + load_acc(b_c, c) * (xc * load_acc(rstd_c, c)) + load_acc(c_c, c);
       store_x<kStream>(dxr, v, c, C, full);
     });
