@@ -1136,6 +1136,10 @@ inline vfloat vcopysign(vfloat magnitude, vfloat sign) {
 // products), exp(r) by its degree-7 Taylor polynomial (truncation below 1e-8), then 2^k applied as
 // two factors so k in [-150, 128] needs no special case: overflow gives inf and underflow 0 or a
 // subnormal through ordinary rounding. NaN stays NaN.
+// kBf16: for results rounded to bf16, a degree-3 minimax polynomial on [-ln2/2, ln2/2] (1.0e-4
+// relative, 2^-13) in place of degree 7; its constant term is 1, so exp(0) stays exactly 1 (SiLU
+// of a tiny z is then exactly z / 2, ties to even included).
+template <bool kBf16 = false>
 inline vfloat vexp(vfloat y) {
 #if NORMEXT_VEC_ISA >= 2
   // NB: AVX-512 rounds and scales by 2^k in one instruction each (vrndscaleps, vscalefps, which
@@ -1154,47 +1158,19 @@ inline vfloat vexp(vfloat y) {
   const vfloat kf = (yc * 1.44269504088896341f + magic) - magic;
   const vfloat r = (yc - kf * 0.693359375f) - kf * -2.12194440e-4f;
 #endif
-  vfloat p = vfloat{} + (1.0f / 5040.0f);
-  p = p * r + (1.0f / 720.0f);
-  p = p * r + (1.0f / 120.0f);
-  p = p * r + (1.0f / 24.0f);
-  p = p * r + (1.0f / 6.0f);
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-#if NORMEXT_VEC_ISA >= 2
-  return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)kf);
-#else
-  const vint32 k = __builtin_convertvector(kf, vint32);
-  const vint32 k1 = k >> 1;
-  const vint32 k2 = k - k1;
-  const vfloat scale1 = as_float((vu32)((k1 + 127) << 23));
-  const vfloat scale2 = as_float((vu32)((k2 + 127) << 23));
-  const vfloat result = (p * scale1) * scale2;
-  return y != y ? y : result;
-#endif
-}
-
-// exp(y) to about 2^-13 relative, for results that are rounded to bf16: vexp's range reduction
-// (one ln 2 constant: its rounding costs 2^-18 at most here) with a degree-3 minimax polynomial
-// on [-ln2/2, ln2/2] (1.0e-4 relative) in place of vexp's degree 7. Its constant term is 1, so
-// exp(0) is exactly 1 (SiLU of a tiny z is then exactly z / 2, ties to even included).
-inline vfloat vexp_bf16(vfloat y) {
-#if NORMEXT_VEC_ISA >= 2
-  const __m512 yc = _mm512_min_ps(_mm512_set1_ps(89.0f),
-                                  _mm512_max_ps(_mm512_set1_ps(-104.0f), (__m512)y));
-  const vfloat kf = (vfloat)_mm512_roundscale_ps(
-      _mm512_mul_ps(yc, _mm512_set1_ps(1.44269504088896341f)),
-      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vfloat r = (vfloat)yc - kf * 0.693147181f;
-#else
-  vfloat yc = y > 89.0f ? vfloat{} + 89.0f : y;
-  yc = yc < -104.0f ? vfloat{} - 104.0f : yc;
-  const vfloat magic = vfloat{} + 12582912.0f;  // as in vexp
-  const vfloat kf = (yc * 1.44269504088896341f + magic) - magic;
-  const vfloat r = yc - kf * 0.693147181f;
-#endif
-  const vfloat p = ((0.16517921f * r + 0.50412995f) * r + 1.00019586f) * r + 1.0f;
+  vfloat p;
+  if constexpr (kBf16) {
+    p = ((0.16517921f * r + 0.50412995f) * r + 1.00019586f) * r + 1.0f;
+  } else {
+    p = vfloat{} + (1.0f / 5040.0f);
+    p = p * r + (1.0f / 720.0f);
+    p = p * r + (1.0f / 120.0f);
+    p = p * r + (1.0f / 24.0f);
+    p = p * r + (1.0f / 6.0f);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+  }
 #if NORMEXT_VEC_ISA >= 2
   return (vfloat)_mm512_scalef_ps((__m512)p, (__m512)kf);
 #else
@@ -1459,11 +1435,11 @@ struct Activation;
 template <>
 struct Activation<kSilu> {
   static vfloat apply(vfloat z) { return z / (1.0f + vexp(-z)); }
-  // For outputs rounded to bf16: vexp_bf16 and, with AVX-512, the 14-bit reciprocal estimate in
-  // place of the division (about 2^-13 relative in all; 13 vector instructions instead of 18 and
+  // For outputs rounded to bf16: vexp<true> and, with AVX-512, the 14-bit reciprocal estimate in
+  // place of the division (about 2^-13 relative in all; 14 vector instructions instead of 18 and
   // a division, which bound GN+SiLU on 2 cores).
   static vfloat apply_bf16(vfloat z) {
-    const vfloat d = 1.0f + vexp_bf16(-z);
+    const vfloat d = 1.0f + vexp<true>(-z);
 #if NORMEXT_VEC_ISA >= 2
     return (vfloat)_mm512_mul_ps((__m512)z, _mm512_rcp14_ps((__m512)d));
 #else
@@ -1477,7 +1453,7 @@ struct Activation<kSilu> {
   }
   // The backward's act'(z) for bf16 tensors, as apply_bf16 (about 2^-13 relative).
   static vfloat grad_bf16(vfloat z) {
-    const vfloat e = vexp_bf16(-z);
+    const vfloat e = vexp<true>(-z);
 #if NORMEXT_VEC_ISA >= 2
     const vfloat s = (vfloat)_mm512_rcp14_ps((__m512)(1.0f + e));
 #else
