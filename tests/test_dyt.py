@@ -176,7 +176,7 @@ print(int((y != ref).sum()), float((err / ulp).max()), x.numel())
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512", "avx512_bf16"])
 def test_bf16_forward_tanh_over_every_bf16_value(capability):
-    """bf16 DyT's forward uses a cheaper tanh (vtanh_bf16, about 2^-13 relative): over every
+    """bf16 DyT's forward uses a cheaper tanh (vtanh_lowp<true>, about 2^-13 relative): over every
     finite bf16 input it stays within one bf16 ulp of tanh correctly rounded, and equal to it for
     all but a few in 10^4 (torch's own bf16 tanh is the correctly rounded one)."""
     mismatches, worst_ulps, count = run_with_cpu_capability(_BF16_TANH_SCRIPT, capability).split()

@@ -1274,8 +1274,13 @@ inline vfloat vtanh(vfloat x, vfloat* sech2) {
 // compute-bound: one branch, no exp.
 // |x| is clamped to 8.0013943, where the fraction first rounds to 1 (the clamp keeps NaN: a
 // comparison with NaN is false).
+// kBf16: for lanes stored as bf16 (8 significant bits), P and Q of degree 2 fitted the same way
+// on [-5, 5] (5.7e-5 relative, clamp at 5 included) and the reciprocal estimate without its
+// Newton step: at most 1.2e-4 (2^-13) off, 1/30 of a bf16 rounding step, in 10 instructions
+// instead of 16.
+template <bool kBf16 = false>
 inline vfloat vtanh_lowp(vfloat x) {
-  constexpr float kClamp = 8.00139427f;
+  constexpr float kClamp = kBf16 ? 5.0f : 8.00139427f;
 #if NORMEXT_VEC_ISA >= 2
   // NB: vminps(a, b) is exactly a < b ? a : b (b when either is NaN): one instruction where GCC
   // emits a compare and a masked move for the select below.
@@ -1286,21 +1291,31 @@ inline vfloat vtanh_lowp(vfloat x) {
   xc = -kClamp > xc ? vfloat{} - kClamp : xc;
 #endif
   const vfloat s = xc * xc;
-  vfloat p = 1.3456451e-08f * s + 2.0685822e-05f;
-  p = p * s + 3.5004225e-03f;
-  p = p * s + 1.3385165e-01f;
-  p = (s * xc) * p + xc;
-  vfloat q = 7.8191425e-07f * s + 3.2934142e-04f;
-  q = q * s + 2.5895579e-02f;
-  q = q * s + 4.6718487e-01f;
-  q = q * s + 1.0f;
+  vfloat p, q;
+  if constexpr (kBf16) {
+    p = (s * xc) * (6.7792053e-04f * s + 1.0273644e-01f) + xc;
+    q = s * (1.2904040e-02f * s + 4.3584852e-01f) + 1.0f;
+  } else {
+    p = 1.3456451e-08f * s + 2.0685822e-05f;
+    p = p * s + 3.5004225e-03f;
+    p = p * s + 1.3385165e-01f;
+    p = (s * xc) * p + xc;
+    q = 7.8191425e-07f * s + 3.2934142e-04f;
+    q = q * s + 2.5895579e-02f;
+    q = q * s + 4.6718487e-01f;
+    q = q * s + 1.0f;
+  }
 #if NORMEXT_VEC_ISA >= 2
-  // p / q: a 14-bit reciprocal estimate and one Newton step on the quotient (vdivps zmm would
-  // cost as much as everything above)
+  // p / q: a 14-bit reciprocal estimate and (but for bf16) one Newton step on the quotient
+  // (vdivps zmm would cost as much as everything above)
   const __m512 r0 = _mm512_rcp14_ps((__m512)q);
   const __m512 y0 = _mm512_mul_ps((__m512)p, r0);
-  const __m512 e = _mm512_fnmadd_ps((__m512)q, y0, (__m512)p);
-  return (vfloat)_mm512_fmadd_ps(e, r0, y0);
+  if constexpr (kBf16) {
+    return (vfloat)y0;
+  } else {
+    const __m512 e = _mm512_fnmadd_ps((__m512)q, y0, (__m512)p);
+    return (vfloat)_mm512_fmadd_ps(e, r0, y0);
+  }
 #elif NORMEXT_VEC_ISA == 1
   return p / q;
 #else
@@ -1308,29 +1323,6 @@ inline vfloat vtanh_lowp(vfloat x) {
   const vfloat t = p / q;
   const vfloat t1 = 1.0f < t ? vfloat{} + 1.0f : t;
   return -1.0f > t1 ? vfloat{} - 1.0f : t1;
-#endif
-}
-
-// tanh for lanes stored as bf16 (8 significant bits): x (1 + s (p1 + p2 s)) / (1 + s (q1 + q2 s)),
-// s = x^2, a minimax fit of relative error on [-5, 5] (5.7e-5, clamp included), divided with the
-// 14-bit reciprocal estimate: at most 1.2e-4 (2^-13) off, 1/30 of a bf16 rounding step, in 10
-// instructions where vtanh_lowp (accurate enough for fp16's 11 bits) takes 16.
-inline vfloat vtanh_bf16(vfloat x) {
-  constexpr float kClamp = 5.0f;
-#if NORMEXT_VEC_ISA >= 2
-  const vfloat xc = (vfloat)_mm512_max_ps(_mm512_set1_ps(-kClamp),
-                                          _mm512_min_ps(_mm512_set1_ps(kClamp), (__m512)x));
-#else
-  vfloat xc = kClamp < x ? vfloat{} + kClamp : x;
-  xc = -kClamp > xc ? vfloat{} - kClamp : xc;
-#endif
-  const vfloat s = xc * xc;
-  const vfloat p = (s * xc) * (6.7792053e-04f * s + 1.0273644e-01f) + xc;
-  const vfloat q = s * (1.2904040e-02f * s + 4.3584852e-01f) + 1.0f;
-#if NORMEXT_VEC_ISA >= 2
-  return (vfloat)_mm512_mul_ps((__m512)p, _mm512_rcp14_ps((__m512)q));
-#else
-  return p / q;
 #endif
 }
 
@@ -1558,7 +1550,7 @@ inline vfloat act_grad(vfloat z) {
 
 // ---- DyT leaves ---------------------------------------------------------------------------------
 
-// tanh for DyT's forward: vtanh_bf16 when the results are stored as bf16, vtanh_lowp as fp16,
+// tanh for DyT's forward: vtanh_lowp<true> when the results are stored as bf16, vtanh_lowp as fp16,
 // vtanh otherwise.
 template <typename T>
 constexpr bool kLowpTanh = std::is_same<T, bf16_t>::value || std::is_same<T, fp16_t>::value;
@@ -1566,7 +1558,7 @@ constexpr bool kLowpTanh = std::is_same<T, bf16_t>::value || std::is_same<T, fp1
 template <typename T>
 inline vacc<T> dyt_tanh(vacc<T> u) {
   if constexpr (std::is_same<T, bf16_t>::value) {
-    return vtanh_bf16(u);
+    return vtanh_lowp<true>(u);
   } else if constexpr (kLowpTanh<T>) {
     return vtanh_lowp(u);
   } else {
