@@ -235,6 +235,20 @@ def assert_sample_grads_close(out, ref, sample, tol):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
+# Prelude of the scripts that check a bf16 approximation over every input (run them with
+# run_with_cpu_capability): every finite bf16 value, and the bf16 step just above a value.
+EVERY_BF16_PRELUDE = """
+import torch
+EVERY_BF16 = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+EVERY_BF16 = EVERY_BF16[EVERY_BF16.isfinite()]
+
+
+def bf16_step(ref):
+    # int16 bits + 1: the next magnitude, either sign
+    return ((ref.view(torch.int16) + 1).view(torch.bfloat16).double() - ref.double()).abs()
+"""
+
+
 def run_with_cpu_capability(script, capability):
     """stdout of ``python -c script`` in a subprocess whose CPU kernels are capped at ``capability``
     (the table is chosen once per process); asserts that it succeeded."""

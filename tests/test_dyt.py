@@ -12,8 +12,8 @@ from torch import nn
 
 import normext
 import normext.functional
-from conftest import (DTYPES, assert_close_to_ref, assert_same_error, cuda_sync, dtype_id, make_input,
-                      max_abs_err, run_with_cpu_capability)
+from conftest import (DTYPES, EVERY_BF16_PRELUDE, assert_close_to_ref, assert_same_error, cuda_sync,
+                      dtype_id, make_input, max_abs_err, run_with_cpu_capability)
 
 
 class DynamicTanh(nn.Module):
@@ -157,15 +157,13 @@ def test_tanh_accuracy_vs_torch():
     assert rel <= 2 * torch.finfo(torch.float32).eps
 
 
-_BF16_TANH_SCRIPT = """
-import torch, normext
-x = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
-x = x[~x.isnan()]
+_BF16_TANH_SCRIPT = EVERY_BF16_PRELUDE + """
+import normext
+x = EVERY_BF16
 one = torch.ones((), dtype=torch.bfloat16)
 y = normext.functional.dyt(x, one)
 ref = torch.tanh(x.double()).bfloat16()
-# the bf16 step just above |ref| (int16 bits + 1: the next magnitude, either sign)
-ulp = ((ref.view(torch.int16) + 1).view(torch.bfloat16).double() - ref.double()).abs()
+ulp = bf16_step(ref)
 err = (y.double() - ref.double()).abs()
 special = torch.tensor([float('inf'), float('-inf'), float('nan'), 0.0, -0.0], dtype=torch.bfloat16)
 ys, rs = normext.functional.dyt(special, one), torch.tanh(special)

@@ -13,8 +13,8 @@ from torch import nn
 
 import normext
 import normext.functional as NF
-from conftest import (DTYPES, assert_close_to_ref, assert_same_error, cuda_sync, dtype_id, make_input,
-                      make_param, run_with_cpu_capability, to_layout)
+from conftest import (DTYPES, EVERY_BF16_PRELUDE, assert_close_to_ref, assert_same_error, cuda_sync,
+                      dtype_id, make_input, make_param, run_with_cpu_capability, to_layout)
 
 ACTIVATIONS = {
     "silu": F.silu,
@@ -553,26 +553,22 @@ def test_convert_fuse_skips_pairs_on_a_mode_dependent_path():
     assert model.training
 
 
-_BF16_SILU_SCRIPT = """
-import torch, normext, torch.nn.functional as F
-v = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
-v = v[v.isfinite() & (v.float().abs() < 88)].float()  # below, torch's fp32 exp(-z) overflows too
+_BF16_SILU_SCRIPT = EVERY_BF16_PRELUDE + """
+import normext, torch.nn.functional as F
+v = EVERY_BF16[EVERY_BF16.float().abs() < 88].float()  # beyond, torch's fp32 exp(-z) overflows too
 C = v.numel()
 ref = F.silu(v.double()).bfloat16()
+s = torch.sigmoid(v.double())
 for fmt in (torch.contiguous_format, torch.channels_last):
     # weight 0, bias v: z = v exactly, whatever the normalized input (here +-1 per channel)
     x = torch.tensor([1.0, -1.0], dtype=torch.bfloat16).repeat(1, C, 1).view(1, C, 1, 2)
-    y = normext.functional.group_norm(x.contiguous(memory_format=fmt), C, torch.zeros(C), v,
-                                      activation="silu")[0, :, 0, 0]
-    # the bf16 step just above |ref| (int16 bits + 1: the next magnitude, either sign)
-    step = ((ref.view(torch.int16) + 1).view(torch.bfloat16).double() - ref.double()).abs()
-    ulps = (y.double() - ref.double()).abs() / step
-    # the backward's silu'(z): dbias = sum of dy * silu'(z) over the channel's 2 values
     b = v.clone().requires_grad_()
     out = normext.functional.group_norm(x.contiguous(memory_format=fmt), C, torch.zeros(C), b,
                                         activation="silu")
+    y = out.detach()[0, :, 0, 0]
+    ulps = (y.double() - ref.double()).abs() / bf16_step(ref)
+    # the backward's silu'(z): dbias = sum of dy * silu'(z) over the channel's 2 values
     out.backward(torch.ones_like(out))
-    s = torch.sigmoid(v.double())
     grad_err = (b.grad.double() - 2 * s * (1 + v.double() * (1 - s))).abs().max()
     print(int((y != ref).sum()), float(ulps.max()), C, float(grad_err))
 """
