@@ -148,10 +148,8 @@ void forward_nchw(const GroupNormShape& s, const scalar_t* X_in, scalar_t* Y,
   };
 
   if (one_task_per_group(groups) && !std::is_same<T, acc_t>::value) {
-    // bf16 / fp16: group by group, statistics then normalize. NB: their statistics widen a chunk
-    // into an L1 buffer (chunk_stats), and the pipelined loop below, which keeps chunks of two
-    // groups and the chunk it prefetches in flight next to that buffer, then overflows L1: it
-    // measured 1.0-1.4x slower for bf16 (and no faster for fp32 without an activation).
+    // bf16 / fp16: group by group, statistics then normalize. NB: the pipelined loop below
+    // measured 0.9-1.0x of this for bf16 (its bytes are half fp32's, the conversions the cost).
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t group = begin; group < end; ++group) {
         WelfordStat<double> stat{0, 0, 0};

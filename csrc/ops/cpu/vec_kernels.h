@@ -44,8 +44,9 @@ constexpr int64_t kMaxGradRows = 4;
 template <typename T>
 struct VecKernels {
   using acc_t = acc_type<T>;
-  // Mean and M2 of n <= kMaxChunkElems contiguous values (two passes over data in L1). NB: the
-  // mean in double: the first pass's acc_t mean plus the second's correction, unrounded, since a
+  // Mean and M2 of n <= kMaxChunkElems contiguous values (fp32 / fp64: two passes over data in
+  // L1; bf16 / fp16: one, from a shift). NB: the mean in double: the first pass's acc_t mean (the
+  // shift) plus the correction, unrounded, since a
   // mean rounded to fp32 (an ulp of 0.06 at 1e6) puts its error squared into every Chan merge of
   // the chunks (M2 off by 1e-4 at 1e6 + randn over 64 chunks).
   void (*chunk_stats)(const T* x, int64_t n, double* mean, acc_t* m2);
