@@ -420,6 +420,41 @@ inline void prefetch_bytes(const void* p) {
   }
 }
 
+// Sums of the deviations d of values from a center m (r) and of their squares (q), in a fixed
+// lane order: the accumulators of centered_stats and shifted_stats. finish: mean = m + r / n (in
+// double), M2 = q - r^2 / n.
+template <typename V>
+struct CenteredSums {
+  V q0{}, q1{}, q2{}, q3{}, r0{}, r1{};
+  NORMEXT_VEC_INLINE void add4(V v0, V v1, V v2, V v3, V m) {
+    const V d0 = v0 - m, d1 = v1 - m, d2 = v2 - m, d3 = v3 - m;
+    q0 += d0 * d0;
+    q1 += d1 * d1;
+    q2 += d2 * d2;
+    q3 += d3 * d3;
+    r0 += d0 + d1;
+    r1 += d2 + d3;
+  }
+  NORMEXT_VEC_INLINE void add1(V v, V m) {
+    const V d = v - m;
+    q0 += d * d;
+    r0 += d;
+  }
+  // A partial vector: d of the lanes >= n set to zero.
+  NORMEXT_VEC_INLINE void add_first(V v, V m, int64_t n) {
+    using A = typename std::remove_reference<decltype(v[0])>::type;
+    const V d = mask_first<A>(v - m, n);
+    q1 += d * d;
+    r1 += d;
+  }
+  template <typename A>
+  void finish(A m, int64_t n, double* mean_out, A* m2_out) const {
+    const A residual = reduce_lanes(r0 + r1);
+    *mean_out = static_cast<double>(m) + static_cast<double>(residual) / static_cast<double>(n);
+    *m2_out = reduce_lanes((q0 + q1) + (q2 + q3)) - residual * residual / static_cast<A>(n);
+  }
+};
+
 // Second pass over n values already in L1: squared deviations from `mean`, plus their plain sum r,
 // which corrects the rounding of the first pass (the "corrected two-pass" algorithm of Chan, Golub
 // and LeVeque): mean += r / n (in double, see VecKernels::chunk_stats), M2 -= r^2 / n. `ahead`
@@ -431,36 +466,22 @@ void centered_stats(const A* x, int64_t n, A mean, const char* ahead, double* me
   constexpr int L = Vec<A>::size;
   using V = typename Vec<A>::type;
   const V vmean = V{} + mean;
-  V q0{}, q1{}, q2{}, q3{}, r0{}, r1{};
+  CenteredSums<V> sums;
   int64_t i = 0;
   for (; i + 4 * L <= n; i += 4 * L) {
     // NB: each step of this loop prefetches as many bytes of the next chunk as the step covers of
     // this one in the caller's dtype, so a full pass prefetches exactly the next chunk.
     prefetch_bytes<kAheadBytesPerStep>(ahead + i / (4 * L) * kAheadBytesPerStep);
-    const V d0 = Io<A>::load(x + i) - vmean;
-    const V d1 = Io<A>::load(x + i + L) - vmean;
-    const V d2 = Io<A>::load(x + i + 2 * L) - vmean;
-    const V d3 = Io<A>::load(x + i + 3 * L) - vmean;
-    q0 += d0 * d0;
-    q1 += d1 * d1;
-    q2 += d2 * d2;
-    q3 += d3 * d3;
-    r0 += d0 + d1;
-    r1 += d2 + d3;
+    sums.add4(Io<A>::load(x + i), Io<A>::load(x + i + L), Io<A>::load(x + i + 2 * L),
+              Io<A>::load(x + i + 3 * L), vmean);
   }
   for (; i + L <= n; i += L) {
-    const V d = Io<A>::load(x + i) - vmean;
-    q0 += d * d;
-    r0 += d;
+    sums.add1(Io<A>::load(x + i), vmean);
   }
   if (i < n) {
-    const V d = mask_first<A>(load_n(x + i, n - i) - vmean, n - i);
-    q1 += d * d;
-    r1 += d;
+    sums.add_first(load_n(x + i, n - i), vmean, n - i);
   }
-  const A residual = reduce_lanes(r0 + r1);
-  *mean_out = static_cast<double>(mean) + static_cast<double>(residual) / static_cast<double>(n);
-  *m2_out = reduce_lanes((q0 + q1) + (q2 + q3)) - residual * residual / static_cast<A>(n);
+  sums.finish(mean, n, mean_out, m2_out);
 }
 
 // Values whose mean is the shift of shifted_stats.
@@ -495,17 +516,9 @@ void shifted_stats(const T* x, int64_t planes, int64_t len, int64_t stride, cons
     }
     k += m;
   }
-  const vacc<T> shift = splat<T>(reduce_lanes(s) / static_cast<A>(k));
-  vacc<T> q0{}, q1{}, q2{}, q3{}, r0{}, r1{};
-  auto take4 = [&](vacc<T> v0, vacc<T> v1, vacc<T> v2, vacc<T> v3) {
-    const vacc<T> d0 = v0 - shift, d1 = v1 - shift, d2 = v2 - shift, d3 = v3 - shift;
-    q0 += d0 * d0;
-    q1 += d1 * d1;
-    q2 += d2 * d2;
-    q3 += d3 * d3;
-    r0 += d0 + d1;
-    r1 += d2 + d3;
-  };
+  const A center = reduce_lanes(s) / static_cast<A>(k);
+  const vacc<T> shift = splat<T>(center);
+  CenteredSums<vacc<T>> sums;
   for (int64_t p = 0; p < planes; ++p) {
     const T* xp = x + p * stride;
     for (i = 0; i + 4 * L <= len; i += 4 * L) {
@@ -520,28 +533,22 @@ void shifted_stats(const T* x, int64_t planes, int64_t len, int64_t stride, cons
         // lane order is free (but fixed).
         const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
         const __m512i v01 = _mm512_loadu_si512(xp + i), v23 = _mm512_loadu_si512(xp + i + 2 * L);
-        take4((vfloat)_mm512_slli_epi32(v01, 16), (vfloat)_mm512_and_si512(v01, hi),
-              (vfloat)_mm512_slli_epi32(v23, 16), (vfloat)_mm512_and_si512(v23, hi));
+        sums.add4((vfloat)_mm512_slli_epi32(v01, 16), (vfloat)_mm512_and_si512(v01, hi),
+                  (vfloat)_mm512_slli_epi32(v23, 16), (vfloat)_mm512_and_si512(v23, hi), shift);
         continue;
       }
 #endif
-      take4(Io<T>::load(xp + i), Io<T>::load(xp + i + L), Io<T>::load(xp + i + 2 * L),
-            Io<T>::load(xp + i + 3 * L));
+      sums.add4(Io<T>::load(xp + i), Io<T>::load(xp + i + L), Io<T>::load(xp + i + 2 * L),
+                Io<T>::load(xp + i + 3 * L), shift);
     }
     for (; i + L <= len; i += L) {
-      const vacc<T> d = Io<T>::load(xp + i) - shift;
-      q0 += d * d;
-      r0 += d;
+      sums.add1(Io<T>::load(xp + i), shift);
     }
     if (i < len) {
-      const vacc<T> d = mask_first<A>(load_n(xp + i, len - i) - shift, len - i);
-      q1 += d * d;
-      r1 += d;
+      sums.add_first(load_n(xp + i, len - i), shift, len - i);
     }
   }
-  const A residual = reduce_lanes(r0 + r1);
-  *mean_out = static_cast<double>(shift[0]) + static_cast<double>(residual) / static_cast<double>(n);
-  *m2_out = reduce_lanes((q0 + q1) + (q2 + q3)) - residual * residual / static_cast<A>(n);
+  sums.finish(center, n, mean_out, m2_out);
 }
 
 // Mean and M2 of n <= kMaxChunkElems contiguous values: fp32 / fp64 in two passes over a chunk
